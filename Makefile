@@ -1,0 +1,70 @@
+# ngx_http_dato_module: build against Debian's packaged nginx (nginx-dev).
+#
+#   make          build build/ngx_http_dato_module.so
+#   make test     install what is missing, build, run the test suite
+#   make run      install what is missing, build, run nginx in the foreground
+
+SHELL      := /bin/bash
+NGX_SRC    ?= /usr/share/nginx/src
+NGINX      ?= /usr/sbin/nginx
+BUILD      := $(CURDIR)/build
+SRCCOPY    := $(BUILD)/nginx-src
+OBJS       := $(BUILD)/objs
+MODULE     := $(BUILD)/ngx_http_dato_module.so
+RUN_PORT   ?= 8080
+MOCK_PORT  ?= 8081
+CFLAGS_EXTRA ?=
+LDFLAGS_EXTRA ?=
+
+PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
+              perl curl
+SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
+
+.PHONY: all deps test run clean
+
+all: $(MODULE)
+
+# Installs the packages the build and the tests need, only when one is
+# missing, so that a fresh machine needs nothing but "make test".
+deps:
+	@missing=""; for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	        | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	        --no-install-recommends $$missing; \
+	fi
+
+# configure runs once per change of the addon's config file; "make
+# modules" rebuilds only what changed.  The flags are the packaged ones
+# (conf_flags, --with-compat) so that the packaged nginx loads the module.
+$(OBJS)/Makefile: config
+	rm -rf $(SRCCOPY) $(OBJS)
+	mkdir -p $(BUILD)
+	cp -r $(NGX_SRC) $(SRCCOPY)
+	cd $(SRCCOPY) && . ./conf_flags && ./configure \
+	    --with-cc-opt="-g -O2 -fPIC -Wall -Werror $(CFLAGS_EXTRA)" \
+	    --with-ld-opt="-fPIC $(LDFLAGS_EXTRA)" \
+	    "$${NGX_CONF_FLAGS[@]}" \
+	    --add-dynamic-module=$(CURDIR) --builddir=$(OBJS) \
+	    > $(BUILD)/configure.log 2>&1 \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(OBJS)/Makefile $(SOURCES)
+	$(MAKE) -s -f $(OBJS)/Makefile -C $(SRCCOPY) modules
+	cp $(OBJS)/ngx_http_dato_module.so $(MODULE)
+
+test: deps
+	$(MAKE) all
+	prove -r t/
+
+run: deps
+	$(MAKE) all
+	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX=$(NGINX) \
+	    MODULE=$(MODULE) sh t/run.sh
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,66 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ *
+ * What the module's files share: its version and its configuration.
+ */
+
+
+#ifndef _NGX_HTTP_DATO_H_INCLUDED_
+#define _NGX_HTTP_DATO_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <nginx.h>
+
+#include "ngx_http_dato_batch.h"
+
+
+/* the one place that names the module's version */
+#define NGX_HTTP_DATO_VERSION     "0.1.0"
+#define NGX_HTTP_DATO_USER_AGENT                                              \
+    "ngx_http_dato_module/" NGX_HTTP_DATO_VERSION " nginx/" NGINX_VERSION
+
+
+#define NGX_HTTP_DATO_WAIT_NONE   0
+#define NGX_HTTP_DATO_WAIT_JOB    1
+
+
+typedef struct {
+    ngx_uint_t                    queue_size;
+
+    /* some location has dato_publish: workers need a batcher */
+    ngx_flag_t                    enabled;
+
+    /* per worker, made in init_process */
+    ngx_http_dato_batcher_t      *batcher;
+} ngx_http_dato_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                    publish;
+
+    ngx_str_t                     api_url;
+    ngx_str_t                     token;
+    ngx_str_t                     environment;
+    ngx_msec_t                    api_timeout;
+    ngx_msec_t                    retry_timeout;
+
+    ngx_uint_t                    batch_size;
+    ngx_msec_t                    batch_window;
+
+    ngx_uint_t                    events;
+    ngx_uint_t                    wait;
+    ngx_msec_t                    publish_timeout;
+
+    /* made for locations with dato_publish */
+    ngx_http_dato_target_t       *target;
+} ngx_http_dato_loc_conf_t;
+
+
+extern ngx_module_t  ngx_http_dato_module;
+
+
+#endif /* _NGX_HTTP_DATO_H_INCLUDED_ */

@@ -1,0 +1,688 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "ngx_http_dato_batch.h"
+
+
+/* capped exponential backoff between attempts of one batch */
+#define NGX_HTTP_DATO_BACKOFF_MIN   500
+#define NGX_HTTP_DATO_BACKOFF_MAX   30000
+
+/* how many IDs one error.log line names; lines stay under 2048 bytes */
+#define NGX_HTTP_DATO_IDS_PER_LINE  60
+
+
+#define NGX_HTTP_DATO_BATCH_OPEN      0
+#define NGX_HTTP_DATO_BATCH_WAITING   1
+#define NGX_HTTP_DATO_BATCH_INFLIGHT  2
+
+
+typedef struct {
+    ngx_queue_t                   queue;
+    ngx_http_dato_batch_t        *batch;
+    ngx_http_dato_waiter_t       *waiter;
+} ngx_http_dato_link_t;
+
+
+struct ngx_http_dato_batch_s {
+    /* in target->open while the batch fills */
+    ngx_queue_t                   queue;
+
+    /* in batcher->batches from birth to answer */
+    ngx_queue_t                   all;
+
+    ngx_http_dato_batcher_t      *batcher;
+    ngx_http_dato_target_t       *target;
+
+    /* the window, then the backoff, then a guard while a call is out */
+    ngx_event_t                   timer;
+
+    ngx_queue_t                   waiters;
+
+    ngx_msec_t                    first_sent;
+    ngx_uint_t                    attempts;
+    ngx_uint_t                    state;
+
+    ngx_str_t                     env;
+    u_char                        env_buf[NGX_HTTP_DATO_ENV_MAX_LEN];
+
+    ngx_uint_t                    nids;
+    ngx_http_dato_id_t            ids[1];
+};
+
+
+struct ngx_http_dato_batcher_s {
+    ngx_http_dato_curl_t         *bridge;
+    ngx_log_t                    *log;
+
+    ngx_queue_t                   batches;
+    ngx_uint_t                    queued;
+    ngx_uint_t                    queue_size;
+
+    /* learns from nginx that the worker is exiting, see below */
+    ngx_connection_t             *watcher;
+
+    /* the timers' data: nginx's debug log reads an fd from it */
+    ngx_connection_t              dummy;
+
+    /* the worker is exiting: send batches at once */
+    unsigned                      hurry:1;
+
+    /* the worker is past worker_shutdown_timeout, or is exiting now */
+    unsigned                      aborted:1;
+    unsigned                      exiting:1;
+};
+
+
+static ngx_http_dato_batch_t *ngx_http_dato_batch_open(
+    ngx_http_dato_batcher_t *b, ngx_http_dato_target_t *target,
+    ngx_str_t *env);
+static void ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch);
+static void ngx_http_dato_batch_timer(ngx_event_t *ev);
+static void ngx_http_dato_batch_answer(void *data,
+    ngx_http_dato_client_result_t *res);
+static ngx_msec_t ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
+    ngx_http_dato_client_result_t *res);
+static void ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch,
+    ngx_uint_t status, ngx_str_t *job, ngx_str_t *code);
+static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
+    ngx_uint_t status, ngx_str_t *code, const char *why);
+static void ngx_http_dato_batch_watch(ngx_event_t *ev);
+static void ngx_http_dato_batch_hurry(ngx_http_dato_batcher_t *b);
+static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
+    const char *why);
+
+
+ngx_http_dato_batcher_t *
+ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size)
+{
+    ngx_connection_t         *c;
+    ngx_http_dato_batcher_t  *b;
+
+    b = ngx_calloc(sizeof(ngx_http_dato_batcher_t), log);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->log = log;
+    b->queue_size = queue_size;
+    b->dummy.fd = (ngx_socket_t) -1;
+
+    ngx_queue_init(&b->batches);
+
+    b->bridge = ngx_http_dato_curl_create(log);
+    if (b->bridge == NULL) {
+        ngx_free(b);
+        return NULL;
+    }
+
+    /*
+     * nginx tells an exiting worker's idle connections, and at
+     * worker_shutdown_timeout all of them, by calling their read handler
+     * with c->close set: a connection without a socket (fd -2 is neither
+     * a socket nor the "free" mark -1) is how batches learn it
+     */
+
+    c = ngx_get_connection((ngx_socket_t) 0, log);
+    if (c == NULL) {
+        ngx_http_dato_curl_destroy(b->bridge);
+        ngx_free(b);
+        return NULL;
+    }
+
+    c->fd = (ngx_socket_t) -2;
+    c->idle = 1;
+    c->data = b;
+    c->log = log;
+    c->read->log = log;
+    c->write->log = log;
+    c->read->handler = ngx_http_dato_batch_watch;
+
+    b->watcher = c;
+
+    return b;
+}
+
+
+void
+ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b)
+{
+    b->exiting = 1;
+
+    ngx_http_dato_batch_abort(b, "the worker process is exiting");
+
+    b->watcher->fd = (ngx_socket_t) -1;
+    ngx_free_connection(b->watcher);
+
+    ngx_http_dato_curl_destroy(b->bridge);
+
+    ngx_free(b);
+}
+
+
+ngx_int_t
+ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env,
+    ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w,
+    ngx_log_t *log)
+{
+    ngx_uint_t              i, j;
+    ngx_http_dato_id_t     *id;
+    ngx_http_dato_link_t   *link, **lp;
+    ngx_http_dato_batch_t  *batch;
+
+    if (b->aborted) {
+        return NGX_DECLINED;
+    }
+
+    /* all or nothing: a refused webhook is sent again by its sender */
+
+    if (b->queued + n > b->queue_size) {
+        return NGX_BUSY;
+    }
+
+    batch = NULL;
+    link = NULL;
+
+    for (i = 0; i < n; i++) {
+
+        if (batch == NULL) {
+            batch = ngx_http_dato_batch_open(b, target, env);
+            if (batch == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        for (j = 0; j < batch->nids; j++) {
+            if (batch->ids[j].len == ids[i].len
+                && ngx_memcmp(batch->ids[j].data, ids[i].data, ids[i].len)
+                   == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == batch->nids) {
+            id = &batch->ids[batch->nids++];
+            ngx_memcpy(id->data, ids[i].data, ids[i].len);
+            id->data[ids[i].len] = '\0';
+            id->len = (u_char) ids[i].len;
+            b->queued++;
+        }
+
+        if (w && (link == NULL || link->batch != batch)) {
+            lp = ngx_array_push(&w->links);
+            if (lp == NULL) {
+                return NGX_ERROR;
+            }
+
+            link = ngx_palloc(w->pool, sizeof(ngx_http_dato_link_t));
+            if (link == NULL) {
+                return NGX_ERROR;
+            }
+
+            *lp = link;
+
+            link->batch = batch;
+            link->waiter = w;
+            ngx_queue_insert_tail(&batch->waiters, &link->queue);
+            w->pending++;
+        }
+
+        if (batch->nids == target->batch_size) {
+            ngx_http_dato_batch_send(batch);
+            batch = NULL;
+        }
+    }
+
+    if (batch && b->hurry) {
+        ngx_http_dato_batch_send(batch);
+    }
+
+    if (w) {
+        w->records += n;
+        w->armed = 1;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "dato: queued %ui records, %ui in this worker",
+                   n, b->queued);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_dato_waiter_init(ngx_http_dato_waiter_t *w, ngx_pool_t *pool)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    w->pool = pool;
+
+    if (ngx_array_init(&w->links, pool, 2, sizeof(ngx_http_dato_link_t *))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_array_init(&w->jobs, pool, 1, sizeof(ngx_str_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* a webhook that goes away leaves its batches, which go on */
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = (ngx_pool_cleanup_pt) ngx_http_dato_waiter_cancel;
+    cln->data = w;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_dato_waiter_cancel(ngx_http_dato_waiter_t *w)
+{
+    ngx_uint_t             i;
+    ngx_http_dato_link_t  **links;
+
+    links = w->links.elts;
+
+    for (i = 0; i < w->links.nelts; i++) {
+        if (links[i]->batch) {
+            ngx_queue_remove(&links[i]->queue);
+            links[i]->batch = NULL;
+        }
+    }
+
+    w->armed = 0;
+}
+
+
+static ngx_http_dato_batch_t *
+ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env)
+{
+    ngx_queue_t            *q;
+    ngx_http_dato_batch_t  *batch;
+
+    for (q = ngx_queue_head(&target->open);
+         q != ngx_queue_sentinel(&target->open);
+         q = ngx_queue_next(q))
+    {
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, queue);
+
+        if (batch->env.len == env->len
+            && ngx_memcmp(batch->env.data, env->data, env->len) == 0)
+        {
+            return batch;
+        }
+    }
+
+    batch = ngx_alloc(sizeof(ngx_http_dato_batch_t)
+                      + (target->batch_size - 1) * sizeof(ngx_http_dato_id_t),
+                      b->log);
+    if (batch == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(batch, sizeof(ngx_http_dato_batch_t));
+
+    batch->batcher = b;
+    batch->target = target;
+    batch->state = NGX_HTTP_DATO_BATCH_OPEN;
+
+    batch->env.len = ngx_min(env->len, NGX_HTTP_DATO_ENV_MAX_LEN);
+    batch->env.data = batch->env_buf;
+    ngx_memcpy(batch->env_buf, env->data, batch->env.len);
+
+    ngx_queue_init(&batch->waiters);
+    ngx_queue_insert_tail(&target->open, &batch->queue);
+    ngx_queue_insert_tail(&b->batches, &batch->all);
+
+    /* not cancelable: a graceful exit waits for the batch to be sent */
+
+    batch->timer.handler = ngx_http_dato_batch_timer;
+    batch->timer.data = &b->dummy;
+    batch->timer.log = b->log;
+
+    ngx_add_timer(&batch->timer, target->batch_window);
+
+    return batch;
+}
+
+
+static void
+ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
+{
+    ngx_int_t                 rc;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
+        ngx_queue_remove(&batch->queue);
+        batch->first_sent = ngx_current_msec;
+    }
+
+    if (batch->timer.timer_set) {
+        ngx_del_timer(&batch->timer);
+    }
+
+    batch->state = NGX_HTTP_DATO_BATCH_INFLIGHT;
+    batch->attempts++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                   "dato: sending %ui records, env \"%V\", attempt %ui",
+                   batch->nids, &batch->env, batch->attempts);
+
+    rc = ngx_http_dato_client_publish(b->bridge, &batch->target->client,
+                                      &batch->env, batch->ids, batch->nids,
+                                      ngx_http_dato_batch_answer, batch,
+                                      b->log);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_dato_batch_give_up(batch, 0, NULL,
+                                    "the worker process is exiting");
+        return;
+    }
+
+    if (rc != NGX_OK) {
+
+        /* out of memory now: try again after a backoff */
+
+        batch->state = NGX_HTTP_DATO_BATCH_WAITING;
+        ngx_add_timer(&batch->timer, ngx_http_dato_batch_backoff(batch, NULL));
+        return;
+    }
+
+    /* curl times the call out; this timer keeps an exiting worker alive */
+
+    ngx_add_timer(&batch->timer, batch->target->client.timeout + 1000);
+}
+
+
+static void
+ngx_http_dato_batch_timer(ngx_event_t *ev)
+{
+    ngx_http_dato_batch_t  *batch;
+
+    batch = (ngx_http_dato_batch_t *)
+                ((u_char *) ev - offsetof(ngx_http_dato_batch_t, timer));
+
+    if (batch->state == NGX_HTTP_DATO_BATCH_INFLIGHT) {
+        ngx_add_timer(ev, 1000);
+        return;
+    }
+
+    ngx_http_dato_batch_send(batch);
+}
+
+
+static void
+ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
+{
+    ngx_http_dato_batch_t *batch = data;
+
+    ngx_msec_t                delay;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    if (batch->timer.timer_set) {
+        ngx_del_timer(&batch->timer);
+    }
+
+    if (res->status >= 200 && res->status < 300) {
+        ngx_log_error(NGX_LOG_INFO, b->log, 0,
+                      "dato: %ui records sent, job \"%V\"",
+                      batch->nids, &res->job_id);
+
+        ngx_http_dato_batch_done(batch, res->status, &res->job_id, NULL);
+        return;
+    }
+
+    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
+        ngx_http_dato_batch_give_up(batch, 0, NULL,
+                                    "the worker process is exiting");
+        return;
+    }
+
+    if (res->status == 0 || res->status == 429 || res->status >= 500
+        || res->transient)
+    {
+        delay = ngx_http_dato_batch_backoff(batch, res);
+
+        if (ngx_current_msec - batch->first_sent + delay
+            <= batch->target->retry_timeout)
+        {
+            ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                          "dato: bulk publish of %ui records failed "
+                          "(%ui %V), retrying in %M ms",
+                          batch->nids, res->status, &res->code, delay);
+
+            batch->state = NGX_HTTP_DATO_BATCH_WAITING;
+            ngx_add_timer(&batch->timer, delay);
+            return;
+        }
+
+        ngx_http_dato_batch_give_up(batch, res->status, &res->code,
+                                    "dato_retry_timeout has passed");
+        return;
+    }
+
+    ngx_http_dato_batch_give_up(batch, res->status, &res->code,
+                                "DatoCMS refused the call");
+}
+
+
+static ngx_msec_t
+ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
+    ngx_http_dato_client_result_t *res)
+{
+    ngx_uint_t  shift;
+    ngx_msec_t  delay;
+
+    shift = ngx_min(batch->attempts, 16);
+    delay = ngx_min((ngx_msec_t) NGX_HTTP_DATO_BACKOFF_MIN << (shift - 1),
+                    NGX_HTTP_DATO_BACKOFF_MAX);
+
+    /* full jitter on the upper half, so that workers do not march */
+
+    delay = delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
+
+    if (res && res->reset && (ngx_msec_t) res->reset * 1000 > delay) {
+        delay = (ngx_msec_t) res->reset * 1000;
+    }
+
+    return delay;
+}
+
+
+/* every webhook that waits on the batch learns its fate; then it is freed */
+
+static void
+ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch, ngx_uint_t status,
+    ngx_str_t *job, ngx_str_t *code)
+{
+    ngx_str_t                *s;
+    ngx_queue_t              *q;
+    ngx_http_dato_link_t     *link;
+    ngx_http_dato_waiter_t   *w;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
+        ngx_queue_remove(&batch->queue);
+    }
+
+    if (batch->timer.timer_set) {
+        ngx_del_timer(&batch->timer);
+    }
+
+    ngx_queue_remove(&batch->all);
+    b->queued -= batch->nids;
+
+    while (!ngx_queue_empty(&batch->waiters)) {
+        q = ngx_queue_head(&batch->waiters);
+        ngx_queue_remove(q);
+
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+        link->batch = NULL;
+
+        w = link->waiter;
+        w->pending--;
+
+        if (job && job->len) {
+            s = ngx_array_push(&w->jobs);
+
+            if (s) {
+                s->data = ngx_pstrdup(w->pool, job);
+                s->len = s->data ? job->len : 0;
+            }
+
+        } else if (job == NULL && w->failed == 0) {
+            w->failed = status ? status : 503;
+
+            if (code && code->len) {
+                w->code.data = ngx_pstrdup(w->pool, code);
+                w->code.len = w->code.data ? code->len : 0;
+            }
+        }
+
+        if (w->pending == 0 && w->armed && !b->exiting) {
+            w->handler(w);
+        }
+    }
+
+    ngx_free(batch);
+}
+
+
+/*
+ * The promise: a record answered 2xx ends published or is named here,
+ * at error level, with the reason.
+ */
+
+static void
+ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
+    ngx_str_t *code, const char *why)
+{
+    u_char      *p, *last;
+    u_char       line[NGX_HTTP_DATO_IDS_PER_LINE
+                      * (NGX_HTTP_DATO_ID_MAX_LEN + 1)];
+    ngx_str_t    none = ngx_string("-");
+    ngx_uint_t   i, part, parts;
+
+    if (code == NULL || code->len == 0) {
+        code = &none;
+    }
+
+    parts = (batch->nids + NGX_HTTP_DATO_IDS_PER_LINE - 1)
+            / NGX_HTTP_DATO_IDS_PER_LINE;
+
+    for (part = 0; part < parts; part++) {
+        p = line;
+        last = line + sizeof(line);
+
+        for (i = part * NGX_HTTP_DATO_IDS_PER_LINE;
+             i < batch->nids && i < (part + 1) * NGX_HTTP_DATO_IDS_PER_LINE;
+             i++)
+        {
+            p = ngx_slprintf(p, last, "%s%s", p == line ? "" : " ",
+                             batch->ids[i].data);
+        }
+
+        ngx_log_error(NGX_LOG_ERR, batch->batcher->log, 0,
+                      "dato: gave up publishing %ui records after %ui "
+                      "attempts (%s; status %ui, code %V), records "
+                      "(part %ui of %ui): %*s",
+                      batch->nids, batch->attempts, why, status, code,
+                      part + 1, parts, p - line, line);
+    }
+
+    ngx_http_dato_batch_done(batch, status, NULL, code);
+}
+
+
+static void
+ngx_http_dato_batch_watch(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_dato_batcher_t  *b;
+
+    c = ev->data;
+    b = c->data;
+
+    if (!c->close) {
+        return;
+    }
+
+    c->close = 0;
+    c->error = 0;
+
+    if (!b->hurry) {
+
+        /* the worker has begun a graceful exit: no batch waits its window */
+
+        b->hurry = 1;
+        ngx_http_dato_batch_hurry(b);
+        return;
+    }
+
+    /* worker_shutdown_timeout has passed: nothing more can be sent */
+
+    ngx_http_dato_batch_abort(b, "worker_shutdown_timeout has passed");
+}
+
+
+static void
+ngx_http_dato_batch_hurry(ngx_http_dato_batcher_t *b)
+{
+    ngx_queue_t            *q, *next;
+    ngx_http_dato_batch_t  *batch;
+
+    for (q = ngx_queue_head(&b->batches);
+         q != ngx_queue_sentinel(&b->batches);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+
+        if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
+            ngx_http_dato_batch_send(batch);
+        }
+    }
+}
+
+
+static void
+ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b, const char *why)
+{
+    ngx_queue_t            *q;
+    ngx_http_dato_batch_t  *batch;
+
+    b->aborted = 1;
+
+    /* calls out now come back through ngx_http_dato_batch_answer */
+
+    ngx_http_dato_curl_abort(b->bridge);
+
+    while (!ngx_queue_empty(&b->batches)) {
+        q = ngx_queue_head(&b->batches);
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+
+        ngx_http_dato_batch_give_up(batch, 0, NULL, why);
+    }
+}

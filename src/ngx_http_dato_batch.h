@@ -1,0 +1,77 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ *
+ * The batcher: joins the records of many webhooks into bulk publish calls
+ * of at most batch_size records per target and environment, sends them
+ * through the client when full or when their window ends, and hands each
+ * answer back to the webhooks that wait on it.  One per worker process.
+ */
+
+
+#ifndef _NGX_HTTP_DATO_BATCH_H_INCLUDED_
+#define _NGX_HTTP_DATO_BATCH_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_dato_client.h"
+#include "ngx_http_dato_parse.h"
+
+
+typedef struct ngx_http_dato_batcher_s  ngx_http_dato_batcher_t;
+typedef struct ngx_http_dato_batch_s    ngx_http_dato_batch_t;
+typedef struct ngx_http_dato_waiter_s   ngx_http_dato_waiter_t;
+
+typedef void (*ngx_http_dato_waiter_pt)(ngx_http_dato_waiter_t *w);
+
+
+/* where batches go: one per dato_publish location */
+typedef struct {
+    ngx_http_dato_client_conf_t   client;
+    ngx_uint_t                    batch_size;
+    ngx_msec_t                    batch_window;
+    ngx_msec_t                    retry_timeout;
+
+    /* per worker: the batches still filling, one per environment */
+    ngx_queue_t                   open;
+} ngx_http_dato_target_t;
+
+
+/* a webhook that waits for the answers of the batches it went into */
+struct ngx_http_dato_waiter_s {
+    ngx_http_dato_waiter_pt       handler;
+    void                         *data;
+    ngx_pool_t                   *pool;
+
+    /* ngx_http_dato_link_t *, one per batch this webhook went into */
+    ngx_array_t                   links;
+    ngx_uint_t                    pending;
+
+    /* ngx_str_t job IDs, allocated in pool */
+    ngx_array_t                   jobs;
+    ngx_uint_t                    records;
+
+    /* the first refusal: DatoCMS's status and error code */
+    ngx_uint_t                    failed;
+    ngx_str_t                     code;
+
+    /* set once ngx_http_dato_batch_add() has returned */
+    unsigned                      armed:1;
+};
+
+
+ngx_http_dato_batcher_t *ngx_http_dato_batcher_create(ngx_log_t *log,
+    ngx_uint_t queue_size);
+void ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b);
+ngx_int_t ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env,
+    ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w,
+    ngx_log_t *log);
+ngx_int_t ngx_http_dato_waiter_init(ngx_http_dato_waiter_t *w,
+    ngx_pool_t *pool);
+void ngx_http_dato_waiter_cancel(ngx_http_dato_waiter_t *w);
+
+
+#endif /* _NGX_HTTP_DATO_BATCH_H_INCLUDED_ */

@@ -1,0 +1,541 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <jansson.h>
+
+#include "ngx_http_dato.h"
+#include "ngx_http_dato_client.h"
+
+
+/* answers are small JSON documents; anything past this is not read */
+#define NGX_HTTP_DATO_ANSWER_MAX  16384
+
+
+typedef struct {
+    ngx_http_dato_client_done_pt    done;
+    void                           *data;
+    ngx_log_t                      *log;
+
+    struct curl_slist              *headers;
+    char                           *body;
+
+    ngx_http_dato_client_result_t   result;
+
+    size_t                          len;
+    char                            answer[NGX_HTTP_DATO_ANSWER_MAX];
+} ngx_http_dato_client_call_t;
+
+
+static size_t ngx_http_dato_client_write(char *ptr, size_t size,
+    size_t nmemb, void *userdata);
+static size_t ngx_http_dato_client_header(char *ptr, size_t size,
+    size_t nmemb, void *userdata);
+static void ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc);
+static void ngx_http_dato_client_read(ngx_http_dato_client_call_t *call);
+static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
+    size_t size, const char *src, size_t len);
+static char *ngx_http_dato_client_body(ngx_http_dato_id_t *ids,
+    ngx_uint_t n);
+static void ngx_http_dato_client_free(ngx_http_dato_client_call_t *call);
+
+
+static ngx_str_t  ngx_http_dato_client_headers[] = {
+    ngx_string("Accept: application/json"),
+    ngx_string("X-Api-Version: 3"),
+    ngx_string("Content-Type: application/vnd.api+json"),
+    ngx_string("User-Agent: " NGX_HTTP_DATO_USER_AGENT),
+    ngx_string("Expect:"),
+    ngx_null_string
+};
+
+
+/*
+ * Everything a call needs is made once, here: the URL, the Authorization
+ * header, and the API host's addresses, resolved now as proxy_pass does,
+ * so that a worker never waits on DNS.
+ */
+
+char *
+ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
+    ngx_str_t *api_url, ngx_str_t *token)
+{
+    u_char      *p, *last, *host, *end, text[NGX_SOCKADDR_STRLEN];
+    size_t       len, size;
+    ngx_str_t    url;
+    ngx_url_t    u;
+    ngx_uint_t   i, https;
+
+    url = *api_url;
+
+    while (url.len && url.data[url.len - 1] == '/') {
+        url.len--;
+    }
+
+    if (url.len > 8 && ngx_strncasecmp(url.data, (u_char *) "https://", 8)
+                       == 0)
+    {
+        https = 1;
+        host = url.data + 8;
+
+    } else if (url.len > 7
+               && ngx_strncasecmp(url.data, (u_char *) "http://", 7) == 0)
+    {
+        https = 0;
+        host = url.data + 7;
+
+    } else {
+        return "must start with \"http://\" or \"https://\"";
+    }
+
+    last = url.data + url.len;
+
+    for (end = host; end < last; end++) {
+        if (*end == '/' || *end == '?' || *end == '#') {
+            break;
+        }
+
+        if (*end <= ' ' || *end == '@') {
+            return "has an invalid host";
+        }
+    }
+
+    if (end < last && *end != '/') {
+        return "must not have a query string or a fragment";
+    }
+
+    len = url.len + sizeof("/items/bulk/publish");
+
+    cc->publish_url.data = ngx_pnalloc(cf->pool, len);
+    if (cc->publish_url.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_sprintf(cc->publish_url.data, "%V/items/bulk/publish%Z", &url);
+    cc->publish_url.len = p - cc->publish_url.data - 1;
+
+    /* the token goes into one header line only: no line breaks in it */
+
+    for (i = 0; i < token->len; i++) {
+        if (token->data[i] < 0x21 || token->data[i] == 0x7f) {
+            return "has a token with spaces or control characters";
+        }
+    }
+
+    len = sizeof("Authorization: Bearer ") + token->len;
+
+    cc->authorization.data = ngx_pnalloc(cf->pool, len);
+    if (cc->authorization.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_sprintf(cc->authorization.data, "Authorization: Bearer %V%Z",
+                    token);
+    cc->authorization.len = p - cc->authorization.data - 1;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = host;
+    u.url.len = end - host;
+    u.default_port = https ? 443 : 80;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in dato_api_url \"%V\"", u.err, &url);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    /* an IP literal needs no name resolution */
+
+    if (u.host.len == 0 || u.host.data[0] == '['
+        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE
+        || u.naddrs == 0)
+    {
+        ngx_str_null(&cc->resolve);
+        return NGX_CONF_OK;
+    }
+
+    size = u.host.len + sizeof(":65535:") + u.naddrs * (NGX_SOCKADDR_STRLEN + 3);
+
+    cc->resolve.data = ngx_pnalloc(cf->pool, size);
+    if (cc->resolve.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_sprintf(cc->resolve.data, "%V:%d:", &u.host, (int) u.port);
+
+    for (i = 0; i < u.naddrs; i++) {
+        len = ngx_sock_ntop(u.addrs[i].sockaddr, u.addrs[i].socklen, text,
+                            NGX_SOCKADDR_STRLEN, 0);
+
+        if (i) {
+            *p++ = ',';
+        }
+
+        if (u.addrs[i].sockaddr->sa_family == AF_INET6) {
+            p = ngx_sprintf(p, "[%*s]", len, text);
+
+        } else {
+            p = ngx_cpymem(p, text, len);
+        }
+    }
+
+    *p = '\0';
+    cc->resolve.len = p - cc->resolve.data;
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
+    ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
+    ngx_log_t *log)
+{
+    u_char                        line[NGX_HTTP_DATO_ENV_MAX_LEN + 32];
+    CURL                         *easy;
+    ngx_int_t                     rc;
+    ngx_str_t                    *h;
+    struct curl_slist            *list, *resolve;
+    ngx_http_dato_client_call_t  *call;
+
+    call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
+    if (call == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(call, offsetof(ngx_http_dato_client_call_t, answer));
+
+    call->done = done;
+    call->data = data;
+    call->log = log;
+
+    easy = NULL;
+
+    call->body = ngx_http_dato_client_body(ids, n);
+    if (call->body == NULL) {
+        goto failed;
+    }
+
+    list = curl_slist_append(NULL, (char *) cc->authorization.data);
+    if (list == NULL) {
+        goto failed;
+    }
+
+    call->headers = list;
+
+    for (h = ngx_http_dato_client_headers; h->len; h++) {
+        list = curl_slist_append(call->headers, (char *) h->data);
+        if (list == NULL) {
+            goto failed;
+        }
+    }
+
+    if (env && env->len) {
+        ngx_sprintf(line, "X-Environment: %V%Z", env);
+
+        list = curl_slist_append(call->headers, (char *) line);
+        if (list == NULL) {
+            goto failed;
+        }
+    }
+
+    easy = curl_easy_init();
+    if (easy == NULL) {
+        goto failed;
+    }
+
+    curl_easy_setopt(easy, CURLOPT_URL, cc->publish_url.data);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) strlen(call->body));
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ngx_http_dato_client_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION,
+                     ngx_http_dato_client_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) cc->timeout);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+
+    if (cc->ca_file.len) {
+        curl_easy_setopt(easy, CURLOPT_CAINFO, cc->ca_file.data);
+    }
+
+    if (cc->resolve.len) {
+
+        /* curl copies the entry into its DNS cache, where it never expires */
+
+        resolve = curl_slist_append(NULL, (char *) cc->resolve.data);
+        if (resolve == NULL) {
+            goto failed;
+        }
+
+        curl_easy_setopt(easy, CURLOPT_RESOLVE, resolve);
+        curl_slist_free_all(resolve);
+    }
+
+    rc = ngx_http_dato_curl_start(bridge, easy, ngx_http_dato_client_done,
+                                  call);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    curl_easy_cleanup(easy);
+    ngx_http_dato_client_free(call);
+
+    return rc;
+
+failed:
+
+    if (easy) {
+        curl_easy_cleanup(easy);
+    }
+
+    ngx_http_dato_client_free(call);
+
+    return NGX_ERROR;
+}
+
+
+static size_t
+ngx_http_dato_client_write(char *ptr, size_t size, size_t nmemb,
+    void *userdata)
+{
+    ngx_http_dato_client_call_t  *call = userdata;
+
+    size_t  n;
+
+    n = size * nmemb;
+
+    if (call->len < NGX_HTTP_DATO_ANSWER_MAX) {
+        ngx_memcpy(call->answer + call->len, ptr,
+                   ngx_min(n, NGX_HTTP_DATO_ANSWER_MAX - call->len));
+        call->len += ngx_min(n, NGX_HTTP_DATO_ANSWER_MAX - call->len);
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_http_dato_client_header(char *ptr, size_t size, size_t nmemb,
+    void *userdata)
+{
+    ngx_http_dato_client_call_t  *call = userdata;
+
+    size_t     n;
+    u_char    *p, *last;
+    ngx_int_t  v;
+
+    n = size * nmemb;
+
+    if (n < sizeof("X-RateLimit-Reset:") - 1
+        || ngx_strncasecmp((u_char *) ptr, (u_char *) "X-RateLimit-Reset:",
+                           sizeof("X-RateLimit-Reset:") - 1)
+           != 0)
+    {
+        return n;
+    }
+
+    p = (u_char *) ptr + sizeof("X-RateLimit-Reset:") - 1;
+    last = (u_char *) ptr + n;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == '\r' || last[-1] == '\n'
+                        || last[-1] == ' '))
+    {
+        last--;
+    }
+
+    v = ngx_atoi(p, last - p);
+
+    if (v > 0) {
+        call->result.reset = v;
+    }
+
+    return n;
+}
+
+
+static void
+ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
+{
+    ngx_http_dato_client_call_t  *call = data;
+
+    long         status;
+    const char  *reason;
+
+    status = 0;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(easy);
+
+    call->result.curl_rc = rc;
+
+    if (rc != CURLE_OK) {
+        reason = curl_easy_strerror(rc);
+
+        call->result.status = 0;
+        call->result.transient = 1;
+        ngx_http_dato_client_set(&call->result.code, call->result.code_buf,
+                                 NGX_HTTP_DATO_CODE_LEN, reason,
+                                 ngx_strlen(reason));
+
+    } else {
+        call->result.status = status;
+        ngx_http_dato_client_read(call);
+    }
+
+    call->done(call->data, &call->result);
+
+    ngx_http_dato_client_free(call);
+}
+
+
+/*
+ * 202 {"data":{"type":"job","id":"4235"}}, or an error:
+ * {"data":[{"type":"api_error","attributes":{"code":...,"transient":...}}]}
+ */
+
+static void
+ngx_http_dato_client_read(ngx_http_dato_client_call_t *call)
+{
+    json_t                         *root, *data, *attrs, *v;
+    ngx_http_dato_client_result_t  *res;
+
+    res = &call->result;
+
+    root = json_loadb(call->answer, call->len, 0, NULL);
+    data = json_object_get(root, "data");
+
+    if (res->status >= 200 && res->status < 300) {
+        if (json_is_array(data)) {
+            data = json_array_get(data, 0);
+        }
+
+        v = json_object_get(data, "id");
+
+        if (json_is_string(v)) {
+            ngx_http_dato_client_set(&res->job_id, res->job_buf,
+                                     NGX_HTTP_DATO_JOB_LEN,
+                                     json_string_value(v),
+                                     json_string_length(v));
+        }
+
+        goto done;
+    }
+
+    attrs = json_object_get(json_array_get(data, 0), "attributes");
+    v = json_object_get(attrs, "code");
+
+    if (json_is_string(v)) {
+        ngx_http_dato_client_set(&res->code, res->code_buf,
+                                 NGX_HTTP_DATO_CODE_LEN, json_string_value(v),
+                                 json_string_length(v));
+
+        res->transient = json_is_true(json_object_get(attrs, "transient"));
+
+    } else {
+
+        /* not DatoCMS's answer: a proxy's error page, an empty body */
+
+        ngx_http_dato_client_set(&res->code, res->code_buf,
+                                 NGX_HTTP_DATO_CODE_LEN, "NON_JSON_ANSWER",
+                                 sizeof("NON_JSON_ANSWER") - 1);
+        res->transient = 1;
+    }
+
+done:
+
+    if (root) {
+        json_decref(root);
+    }
+}
+
+
+/* copies what the API said, keeping only printable ASCII for the logs */
+
+static void
+ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf, size_t size,
+    const char *src, size_t len)
+{
+    size_t  i;
+
+    len = ngx_min(len, size);
+
+    for (i = 0; i < len; i++) {
+        buf[i] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
+    }
+
+    dst->data = buf;
+    dst->len = len;
+}
+
+
+static char *
+ngx_http_dato_client_body(ngx_http_dato_id_t *ids, ngx_uint_t n)
+{
+    char        *body;
+    json_t      *root, *items, *item;
+    ngx_uint_t   i;
+
+    items = json_array();
+    if (items == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < n; i++) {
+        item = json_pack("{s:s, s:s}", "type", "item",
+                         "id", (char *) ids[i].data);
+
+        if (json_array_append_new(items, item) != 0) {
+            json_decref(items);
+            return NULL;
+        }
+    }
+
+    root = json_pack("{s:{s:s, s:{s:{s:o}}}}",
+                     "data",
+                     "type", "item_bulk_publish_operation",
+                     "relationships",
+                     "items",
+                     "data", items);
+
+    if (root == NULL) {
+        return NULL;
+    }
+
+    body = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+
+    return body;
+}
+
+
+static void
+ngx_http_dato_client_free(ngx_http_dato_client_call_t *call)
+{
+    if (call->headers) {
+        curl_slist_free_all(call->headers);
+    }
+
+    if (call->body) {
+        free(call->body);
+    }
+
+    ngx_free(call);
+}

@@ -1,0 +1,74 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ *
+ * The DatoCMS client: builds Content Management API calls and reads their
+ * answers.  It knows the API and the curl bridge, never a webhook request.
+ */
+
+
+#ifndef _NGX_HTTP_DATO_CLIENT_H_INCLUDED_
+#define _NGX_HTTP_DATO_CLIENT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_dato_curl.h"
+#include "ngx_http_dato_parse.h"
+
+
+#define NGX_HTTP_DATO_CODE_LEN  64
+#define NGX_HTTP_DATO_JOB_LEN   32
+
+
+/* a record ID, NUL-terminated so that jansson can take it as it is */
+typedef struct {
+    u_char                      data[NGX_HTTP_DATO_ID_MAX_LEN + 1];
+    u_char                      len;
+} ngx_http_dato_id_t;
+
+
+typedef struct {
+    ngx_str_t                   publish_url;     /* NUL-terminated */
+    ngx_str_t                   authorization;   /* NUL-terminated */
+    ngx_str_t                   resolve;         /* NUL-terminated or empty */
+    ngx_str_t                   ca_file;         /* NUL-terminated or empty */
+    ngx_msec_t                  timeout;
+} ngx_http_dato_client_conf_t;
+
+
+typedef struct {
+    /* the HTTP status of the answer, 0 when there was none */
+    ngx_uint_t                  status;
+    CURLcode                    curl_rc;
+
+    /* the error carried "transient": true, or was not DatoCMS's JSON */
+    unsigned                    transient:1;
+
+    /* X-RateLimit-Reset in seconds, 0 when absent */
+    time_t                      reset;
+
+    ngx_str_t                   job_id;
+
+    /* DatoCMS's error code, or curl's reason for a network failure */
+    ngx_str_t                   code;
+
+    u_char                      job_buf[NGX_HTTP_DATO_JOB_LEN];
+    u_char                      code_buf[NGX_HTTP_DATO_CODE_LEN];
+} ngx_http_dato_client_result_t;
+
+
+typedef void (*ngx_http_dato_client_done_pt)(void *data,
+    ngx_http_dato_client_result_t *res);
+
+
+char *ngx_http_dato_client_conf_init(ngx_conf_t *cf,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *api_url, ngx_str_t *token);
+ngx_int_t ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
+    ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
+    ngx_log_t *log);
+
+
+#endif /* _NGX_HTTP_DATO_CLIENT_H_INCLUDED_ */

@@ -1,0 +1,40 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ *
+ * The curl bridge: one libcurl multi handle per worker, its sockets
+ * turned into nginx connections and its timer into an nginx timer.  It
+ * knows nginx events and libcurl, and nothing of DatoCMS.
+ */
+
+
+#ifndef _NGX_HTTP_DATO_CURL_H_INCLUDED_
+#define _NGX_HTTP_DATO_CURL_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <curl/curl.h>
+
+
+typedef struct ngx_http_dato_curl_s  ngx_http_dato_curl_t;
+
+/*
+ * Called once per transfer: when it ends (rc is curl's result), or with
+ * CURLE_ABORTED_BY_CALLBACK when the bridge is destroyed first.  The
+ * handle is no longer in the multi; the callee owns it again.
+ */
+typedef void (*ngx_http_dato_curl_done_pt)(void *data, CURL *easy,
+    CURLcode rc);
+
+
+ngx_http_dato_curl_t *ngx_http_dato_curl_create(ngx_log_t *log);
+void ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge);
+ngx_int_t ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
+    ngx_http_dato_curl_done_pt done, void *data);
+ngx_uint_t ngx_http_dato_curl_running(ngx_http_dato_curl_t *bridge);
+void ngx_http_dato_curl_abort(ngx_http_dato_curl_t *bridge);
+
+
+#endif /* _NGX_HTTP_DATO_CURL_H_INCLUDED_ */

@@ -1,0 +1,526 @@
+
+/*
+ * Copyright (C) ngx_http_dato_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <jansson.h>
+
+#include "ngx_http_dato.h"
+#include "ngx_http_dato_handler.h"
+#include "ngx_http_dato_parse.h"
+
+
+/* what a 503 asks the sender to wait before it tries again, in seconds */
+#define NGX_HTTP_DATO_RETRY_AFTER  "5"
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_http_dato_waiter_t        waiter;
+} ngx_http_dato_ctx_t;
+
+
+static void ngx_http_dato_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dato_publish(ngx_http_request_t *r,
+    ngx_http_dato_parse_result_t *res);
+static ngx_int_t ngx_http_dato_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_dato_json_type(ngx_http_request_t *r);
+static void ngx_http_dato_wake(ngx_http_dato_waiter_t *w);
+static void ngx_http_dato_wait_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dato_answer(ngx_http_request_t *r,
+    ngx_http_dato_waiter_t *w, ngx_uint_t records, ngx_uint_t queued);
+static ngx_int_t ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *title, const char *detail, ngx_str_t *code);
+static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *root);
+static ngx_int_t ngx_http_dato_add_header(ngx_http_request_t *r,
+    const char *name, const char *value);
+
+
+ngx_int_t
+ngx_http_dato_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    if (!(r->method & NGX_HTTP_POST)) {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_dato_add_header(r, "Allow", "POST") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_dato_error(r, NGX_HTTP_NOT_ALLOWED,
+                                   "method not allowed",
+                                   "webhooks are sent with POST", NULL);
+    }
+
+    if (ngx_http_dato_json_type(r) != NGX_OK) {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_dato_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                   "unsupported media type",
+                                   "the body must be application/json",
+                                   NULL);
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_dato_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_dato_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      body;
+    ngx_http_dato_loc_conf_t      *dlcf;
+    ngx_http_dato_parse_result_t   res;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
+
+    if (ngx_http_dato_read_body(r, &body) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_dato_parse((char *) body.data, body.len, dlcf->events, 0, &res);
+
+    switch (res.status) {
+
+    case NGX_HTTP_DATO_PARSE_PUBLISH:
+        rc = ngx_http_dato_publish(r, &res);
+        break;
+
+    case NGX_HTTP_DATO_PARSE_IGNORED:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "dato: webhook ignored: %s", res.detail);
+
+        rc = ngx_http_dato_send(r, NGX_HTTP_OK,
+                                json_pack("{s:{s:s, s:s}}", "meta",
+                                          "status", "ignored",
+                                          "reason", res.detail));
+        break;
+
+    default:
+        rc = ngx_http_dato_error(r, res.status, res.title, res.detail, NULL);
+    }
+
+    ngx_http_dato_parse_free(&res);
+
+    if (rc != NGX_AGAIN) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+/* NGX_AGAIN: the webhook waits for its batches, with its body reference */
+
+static ngx_int_t
+ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   env;
+    ngx_http_dato_ctx_t        *ctx;
+    ngx_http_dato_waiter_t     *w;
+    ngx_http_dato_loc_conf_t   *dlcf;
+    ngx_http_dato_main_conf_t  *dmcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
+
+    if (dlcf->environment.len) {
+        env = dlcf->environment;
+
+    } else {
+        env.data = (u_char *) res->environment.data;
+        env.len = res->environment.len;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+    w = NULL;
+
+    if (dlcf->wait == NGX_HTTP_DATO_WAIT_JOB) {
+        w = &ctx->waiter;
+
+        if (ngx_http_dato_waiter_init(w, r->pool) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        w->handler = ngx_http_dato_wake;
+        w->data = ctx;
+    }
+
+    rc = ngx_http_dato_batch_add(dmcf->batcher, dlcf->target, &env,
+                                 res->ids, res->nids, w, r->connection->log);
+
+    if (rc == NGX_BUSY || rc == NGX_DECLINED) {
+        if (ngx_http_dato_add_header(r, "Retry-After",
+                                     NGX_HTTP_DATO_RETRY_AFTER)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "dato: %uz records refused: %s", res->nids,
+                      rc == NGX_BUSY ? "dato_queue_size is reached"
+                                     : "the worker process is exiting");
+
+        return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "queue full",
+                                   rc == NGX_BUSY
+                                   ? "the publish queue is full, "
+                                     "try again later"
+                                   : "the server is shutting down, "
+                                     "try again later",
+                                   NULL);
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_dato_module);
+
+    if (w == NULL || w->pending == 0) {
+        return ngx_http_dato_answer(r, w, res->nids, w == NULL);
+    }
+
+    /* the webhook's write timer, as limit_req delays a request */
+
+    ngx_add_timer(r->connection->write, dlcf->publish_timeout);
+
+    r->write_event_handler = ngx_http_dato_wait_handler;
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_dato_wake(ngx_http_dato_waiter_t *w)
+{
+    ngx_http_dato_ctx_t *ctx = w->data;
+
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    rc = ngx_http_dato_answer(r, w, w->records, 0);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_dato_wait_handler(ngx_http_request_t *r)
+{
+    ngx_event_t          *wev;
+    ngx_http_dato_ctx_t  *ctx;
+
+    wev = r->connection->write;
+
+    if (!wev->timedout) {
+        return;
+    }
+
+    wev->timedout = 0;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dato_module);
+
+    /* dato_publish_timeout: the records stay queued, the webhook goes */
+
+    ngx_http_dato_waiter_cancel(&ctx->waiter);
+
+    ngx_http_finalize_request(r, ngx_http_dato_answer(r, &ctx->waiter,
+                                                      ctx->waiter.records, 1));
+}
+
+
+/*
+ * 202 {"data":[{"type":"job","id":"4235"}],"meta":{"records":1,...}}, or
+ * 502 with DatoCMS's error code when a batch was refused
+ */
+
+static ngx_int_t
+ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
+    ngx_uint_t records, ngx_uint_t queued)
+{
+    u_char      detail[128];
+    json_t     *jobs, *job;
+    ngx_str_t  *ids;
+    ngx_uint_t  i;
+
+    if (w && w->failed && !queued) {
+        ngx_snprintf(detail, sizeof(detail),
+                     "DatoCMS answered %ui: the records were not "
+                     "published%Z", w->failed);
+
+        return ngx_http_dato_error(r, NGX_HTTP_BAD_GATEWAY,
+                                   "publish failed", (char *) detail,
+                                   &w->code);
+    }
+
+    jobs = json_array();
+    if (jobs == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (w) {
+        ids = w->jobs.elts;
+
+        for (i = 0; i < w->jobs.nelts; i++) {
+            job = json_pack("{s:s, s:s#}", "type", "job",
+                            "id", ids[i].data, (int) ids[i].len);
+
+            if (json_array_append_new(jobs, job) != 0) {
+                json_decref(jobs);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+    }
+
+    return ngx_http_dato_send(r, NGX_HTTP_ACCEPTED,
+                              json_pack("{s:o, s:{s:I, s:s}}",
+                                        "data", jobs,
+                                        "meta",
+                                        "records", (json_int_t) records,
+                                        "status",
+                                        queued ? "queued" : "accepted"));
+}
+
+
+static ngx_int_t
+ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *title, const char *detail, ngx_str_t *code)
+{
+    u_char   text[NGX_INT_T_LEN + 1];
+    json_t  *err;
+
+    ngx_sprintf(text, "%ui%Z", status);
+
+    err = json_pack("{s:s, s:s, s:s}", "status", text, "title", title,
+                    "detail", detail);
+
+    if (err && code && code->len) {
+        json_object_set_new(err, "code",
+                            json_stringn((char *) code->data, code->len));
+    }
+
+    return ngx_http_dato_send(r, status,
+                              err ? json_pack("{s:[o]}", "errors", err)
+                                  : NULL);
+}
+
+
+/* sends the JSON document and gives up its reference */
+
+static ngx_int_t
+ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
+{
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    if (root == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        json_decref(root);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last += json_dumpb(root, (char *) b->pos, len, JSON_COMPACT);
+    *b->last++ = '\n';
+    json_decref(root);
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_dato_add_header(ngx_http_request_t *r, const char *name,
+    const char *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = (u_char *) value;
+    h->value.len = ngx_strlen(value);
+
+    return NGX_OK;
+}
+
+
+/* application/json, or any application/...+json, with parameters */
+
+static ngx_int_t
+ngx_http_dato_json_type(ngx_http_request_t *r)
+{
+    u_char           *p, *last;
+    ngx_table_elt_t  *ct;
+
+    ct = r->headers_in.content_type;
+
+    if (ct == NULL) {
+        return NGX_DECLINED;
+    }
+
+    p = ct->value.data;
+    last = p + ct->value.len;
+
+    for (p = ct->value.data; p < last && *p != ';'; p++) { /* void */ }
+
+    while (p > ct->value.data && (p[-1] == ' ' || p[-1] == '\t')) {
+        p--;
+    }
+
+    last = p;
+    p = ct->value.data;
+
+    if (last - p == sizeof("application/json") - 1
+        && ngx_strncasecmp(p, (u_char *) "application/json",
+                           sizeof("application/json") - 1) == 0)
+    {
+        return NGX_OK;
+    }
+
+    if (last - p > (ssize_t) (sizeof("application/+json") - 1)
+        && ngx_strncasecmp(p, (u_char *) "application/",
+                           sizeof("application/") - 1) == 0
+        && ngx_strncasecmp(last - 5, (u_char *) "+json", 5) == 0)
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * The body in one piece.  A body past client_body_buffer_size is in
+ * nginx's temporary file, just written, so it is read from the page cache.
+ */
+
+static ngx_int_t
+ngx_http_dato_read_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    off_t         len;
+    u_char       *p;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && ngx_buf_in_memory(cl->buf)) {
+        body->data = cl->buf->pos;
+        body->len = cl->buf->last - cl->buf->pos;
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for ( /* void */ ; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "dato: cannot read the body from \"%V\"",
+                          &b->file->name);
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
