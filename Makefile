@@ -63,7 +63,7 @@ test: deps
 
 run: deps
 	$(MAKE) all
-	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX=$(NGINX) \
+	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX_BIN=$(NGINX) \
 	    MODULE=$(MODULE) sh t/run.sh
 
 clean:

@@ -32,6 +32,8 @@ static char *ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_dato_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dato_exit_process(ngx_cycle_t *cycle);
 
@@ -90,6 +92,13 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, retry_timeout),
+      NULL },
+
+    { ngx_string("dato_rate_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_dato_rate_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("dato_environment"),
@@ -236,6 +245,8 @@ ngx_http_dato_create_loc_conf(ngx_conf_t *cf)
 
     conf->api_timeout = NGX_CONF_UNSET_MSEC;
     conf->retry_timeout = NGX_CONF_UNSET_MSEC;
+    conf->rate_limit = NGX_CONF_UNSET_UINT;
+    conf->rate_period = NGX_CONF_UNSET_MSEC;
     conf->batch_size = NGX_CONF_UNSET_UINT;
     conf->batch_window = NGX_CONF_UNSET_MSEC;
     conf->events = NGX_CONF_UNSET_UINT;
@@ -262,6 +273,8 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->api_timeout, prev->api_timeout, 10000);
     ngx_conf_merge_msec_value(conf->retry_timeout, prev->retry_timeout,
                               300000);
+    ngx_conf_merge_uint_value(conf->rate_limit, prev->rate_limit, 50);
+    ngx_conf_merge_msec_value(conf->rate_period, prev->rate_period, 3000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
     ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 500);
     ngx_conf_merge_uint_value(conf->events, prev->events,
@@ -312,6 +325,23 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     target->batch_size = conf->batch_size;
     target->batch_window = conf->batch_window;
     target->retry_timeout = conf->retry_timeout;
+
+    /*
+     * DatoCMS limits calls per token: every location and worker that uses
+     * one token draws from one log of calls, found by a hash of the URL
+     * and the token, so that the token itself stays out of shared memory
+     */
+
+    target->rate.zone = ngx_http_dato_shm_add(cf);
+    if (target->rate.zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    target->rate.key = ngx_crc32_long(target->client.authorization.data,
+                                      target->client.authorization.len)
+                       ^ ngx_crc32_long(conf->api_url.data, conf->api_url.len);
+    target->rate.limit = conf->rate_limit;
+    target->rate.period = conf->rate_period;
 
     /* filled per worker: the conf is the worker's own copy after fork */
     ngx_queue_init(&target->open);
@@ -507,6 +537,51 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         dlcf->events |= bit;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/* dato_rate_limit 50 3s; calls per token in any period */
+
+static char *
+ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_int_t    n;
+    ngx_msec_t   period;
+    ngx_str_t   *value;
+
+    if (dlcf->rate_limit != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n < 1 || n > NGX_HTTP_DATO_RATE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of calls \"%V\", expected 1 to %d",
+                           &value[1], NGX_HTTP_DATO_RATE_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    period = 3000;
+
+    if (cf->args->nelts == 3) {
+        period = ngx_parse_time(&value[2], 0);
+
+        if (period == (ngx_msec_t) NGX_ERROR || period == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid period \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    dlcf->rate_limit = n;
+    dlcf->rate_period = period;
 
     return NGX_CONF_OK;
 }

@@ -47,6 +47,8 @@ typedef struct {
     ngx_str_t                     environment;
     ngx_msec_t                    api_timeout;
     ngx_msec_t                    retry_timeout;
+    ngx_uint_t                    rate_limit;
+    ngx_msec_t                    rate_period;
 
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;

@@ -366,17 +366,46 @@ static void
 ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
 {
     ngx_int_t                 rc;
+    ngx_msec_t                wait;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
 
+    if (batch->timer.timer_set) {
+        ngx_del_timer(&batch->timer);
+    }
+
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate);
+
+    if (wait) {
+
+        /*
+         * the rate limit or a 429 pause holds the call: a batch that is
+         * not full keeps taking records meanwhile, so that a pause makes
+         * fuller batches rather than more calls
+         */
+
+        if (batch->state == NGX_HTTP_DATO_BATCH_OPEN
+            && batch->nids == batch->target->batch_size)
+        {
+            ngx_queue_remove(&batch->queue);
+            batch->first_sent = ngx_current_msec;
+            batch->state = NGX_HTTP_DATO_BATCH_WAITING;
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, b->log, 0,
+                       "dato: %ui records wait %M ms for the rate limit",
+                       batch->nids, wait);
+
+        /* a little spread, so that waiting workers do not wake together */
+
+        ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
+        return;
+    }
+
     if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
         ngx_queue_remove(&batch->queue);
         batch->first_sent = ngx_current_msec;
-    }
-
-    if (batch->timer.timer_set) {
-        ngx_del_timer(&batch->timer);
     }
 
     batch->state = NGX_HTTP_DATO_BATCH_INFLIGHT;
@@ -463,6 +492,13 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     {
         delay = ngx_http_dato_batch_backoff(batch, res);
 
+        if (res->status == 429) {
+
+            /* every worker's calls with this token wait, not just this one */
+
+            ngx_http_dato_rate_pause(&batch->target->rate, delay);
+        }
+
         if (ngx_current_msec - batch->first_sent + delay
             <= batch->target->retry_timeout)
         {
@@ -493,19 +529,20 @@ ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
     ngx_uint_t  shift;
     ngx_msec_t  delay;
 
+    if (res && res->status == 429 && res->reset) {
+
+        /* DatoCMS said when: no backoff on top, only a little spread */
+
+        return (ngx_msec_t) res->reset * 1000 + ngx_random() % 250;
+    }
+
     shift = ngx_min(batch->attempts, 16);
     delay = ngx_min((ngx_msec_t) NGX_HTTP_DATO_BACKOFF_MIN << (shift - 1),
                     NGX_HTTP_DATO_BACKOFF_MAX);
 
     /* full jitter on the upper half, so that workers do not march */
 
-    delay = delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
-
-    if (res && res->reset && (ngx_msec_t) res->reset * 1000 > delay) {
-        delay = (ngx_msec_t) res->reset * 1000;
-    }
-
-    return delay;
+    return delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
 }
 
 

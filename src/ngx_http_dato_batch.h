@@ -18,6 +18,7 @@
 
 #include "ngx_http_dato_client.h"
 #include "ngx_http_dato_parse.h"
+#include "ngx_http_dato_shm.h"
 
 
 typedef struct ngx_http_dato_batcher_s  ngx_http_dato_batcher_t;
@@ -30,6 +31,7 @@ typedef void (*ngx_http_dato_waiter_pt)(ngx_http_dato_waiter_t *w);
 /* where batches go: one per dato_publish location */
 typedef struct {
     ngx_http_dato_client_conf_t   client;
+    ngx_http_dato_rate_t          rate;
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;
     ngx_msec_t                    retry_timeout;

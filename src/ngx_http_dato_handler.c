@@ -374,6 +374,13 @@ ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
     b->last_in_chain = 1;
 
     r->headers_out.status = status;
+
+    if (status == NGX_HTTP_DATO_PARSE_INVALID) {
+
+        /* nginx 1.22 has no reason phrase of its own for 422 */
+        ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
+    }
+
     r->headers_out.content_length_n = b->last - b->pos;
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
