@@ -69,7 +69,8 @@ ngx_http_dato_parse(const char *buf, size_t len, unsigned events,
      * one to a validating proxy and another one here
      */
 
-    res->root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &err);
+    res->root = json_loadb(buf, len, JSON_REJECT_DUPLICATES|JSON_DECODE_ANY,
+                           &err);
 
     if (res->root == NULL) {
         return ngx_http_dato_fail(res, NGX_HTTP_DATO_PARSE_BAD_JSON,

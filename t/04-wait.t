@@ -42,6 +42,13 @@ $t->run(http => <<'EOF');
             dato_publish_timeout 1s;
         }
 
+        location /job2 {
+            dato_publish;
+            dato_publish_wait job;
+            dato_batch_window 200ms;
+            dato_batch_size 2;
+        }
+
         location /slowwindow {
             dato_publish;
             dato_publish_wait job;
@@ -137,12 +144,14 @@ sub jobs_of {
 # a webhook whose records span two batches lists both jobs
 {
     my @ids = ids_of(300, 3);
-    my $r = post('/job', DatoTest::encode_json({ ids => \@ids }));
-    is($r->{status}, 202, 'job, 3 ids: 202');
+    my $r = post('/job2', DatoTest::encode_json({ ids => \@ids }));
+    is($r->{status}, 202, 'job, 2 batches: 202');
     $accepted{$_} = 1 for $r->{status} == 202 ? @ids : ();
+    is(($r->{json} || {})->{meta}{records}, 3, 'job, 2 batches: meta.records 3');
     my @calls = calls_for($t, @ids);
-    is(scalar @calls, 1, 'job, 3 ids: one call');
-    is_deeply([jobs_of($r)], [map { $_->{job} } @calls], 'job, 3 ids: its job');
+    is(scalar @calls, 2, 'job, 2 batches: two calls (batch size 2)');
+    is_deeply([sort(jobs_of($r))], [sort map { $_->{job} } @calls],
+              'job, 2 batches: both jobs listed');
 }
 
 ###########################################################################
@@ -235,6 +244,8 @@ sub jobs_of {
     my @calls = calls_for($t, $id1, $id2);
     is(scalar @calls, 1, 'gone: in one call');
     ok($t->wait_for_log(qr/records sent, job/, 2, $mark), 'gone: the answer was handled');
+    my $gone = () = $t->error_log_since($mark) =~ /finalize request: 499/g;
+    is($gone, 2, 'gone: nginx saw both clients go while they waited (499)');
     $accepted{$_} = 1 for $id1, $id2;    # the module took them: they must not be lost
 
     my ($id3) = ids_of(800, 1);
