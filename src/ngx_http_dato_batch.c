@@ -76,6 +76,7 @@ struct ngx_http_dato_batcher_s {
     unsigned                      hurry:1;
 
     /* the worker is past worker_shutdown_timeout, or is exiting now */
+    const char                   *abort_reason;
     unsigned                      aborted:1;
     unsigned                      exiting:1;
 };
@@ -483,7 +484,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
 
     if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
         ngx_http_dato_batch_give_up(batch, 0, NULL,
-                                    "the worker process is exiting");
+                                    b->abort_reason ? b->abort_reason
+                                    : "the worker process is exiting");
         return;
     }
 
@@ -590,7 +592,7 @@ ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch, ngx_uint_t status,
             }
 
         } else if (job == NULL && w->failed == 0) {
-            w->failed = status ? status : 503;
+            w->failed = status ? status : NGX_HTTP_DATO_NO_ANSWER;
 
             if (code && code->len) {
                 w->code.data = ngx_pstrdup(w->pool, code);
@@ -619,12 +621,10 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     u_char      *p, *last;
     u_char       line[NGX_HTTP_DATO_IDS_PER_LINE
                       * (NGX_HTTP_DATO_ID_MAX_LEN + 1)];
-    ngx_str_t    none = ngx_string("-");
+    ngx_str_t    none = ngx_string("-"), *logged;
     ngx_uint_t   i, part, parts;
 
-    if (code == NULL || code->len == 0) {
-        code = &none;
-    }
+    logged = (code && code->len) ? code : &none;
 
     parts = (batch->nids + NGX_HTTP_DATO_IDS_PER_LINE - 1)
             / NGX_HTTP_DATO_IDS_PER_LINE;
@@ -645,7 +645,7 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
                       "dato: gave up publishing %ui records after %ui "
                       "attempts (%s; status %ui, code %V), records "
                       "(part %ui of %ui): %*s",
-                      batch->nids, batch->attempts, why, status, code,
+                      batch->nids, batch->attempts, why, status, logged,
                       part + 1, parts, p - line, line);
     }
 
@@ -711,6 +711,7 @@ ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b, const char *why)
     ngx_http_dato_batch_t  *batch;
 
     b->aborted = 1;
+    b->abort_reason = why;
 
     /* calls out now come back through ngx_http_dato_batch_answer */
 

@@ -21,6 +21,10 @@
 #include "ngx_http_dato_shm.h"
 
 
+/* waiter->failed when DatoCMS gave no answer at all */
+#define NGX_HTTP_DATO_NO_ANSWER  1
+
+
 typedef struct ngx_http_dato_batcher_s  ngx_http_dato_batcher_t;
 typedef struct ngx_http_dato_batch_s    ngx_http_dato_batch_t;
 typedef struct ngx_http_dato_waiter_s   ngx_http_dato_waiter_t;
@@ -55,7 +59,7 @@ struct ngx_http_dato_waiter_s {
     ngx_array_t                   jobs;
     ngx_uint_t                    records;
 
-    /* the first refusal: DatoCMS's status and error code */
+    /* the first failure: DatoCMS's status, or NGX_HTTP_DATO_NO_ANSWER */
     ngx_uint_t                    failed;
     ngx_str_t                     code;
 

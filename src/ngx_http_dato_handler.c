@@ -283,9 +283,34 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     ngx_uint_t  i;
 
     if (w && w->failed && !queued) {
-        ngx_snprintf(detail, sizeof(detail),
-                     "DatoCMS answered %ui: the records were not "
-                     "published%Z", w->failed);
+
+        if (ngx_exiting || ngx_terminate) {
+
+            /* nothing was published: the sender is to try again */
+
+            if (ngx_http_dato_add_header(r, "Retry-After",
+                                         NGX_HTTP_DATO_RETRY_AFTER)
+                != NGX_OK)
+            {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "shutting down",
+                                       "the server is shutting down, "
+                                       "try again later", NULL);
+        }
+
+        if (w->failed == NGX_HTTP_DATO_NO_ANSWER) {
+            ngx_snprintf(detail, sizeof(detail),
+                         "DatoCMS did not answer: the records were not "
+                         "published%Z");
+
+        } else {
+            ngx_snprintf(detail, sizeof(detail),
+                         "DatoCMS answered %ui: the records were not "
+                         "published%Z", w->failed);
+        }
 
         return ngx_http_dato_error(r, NGX_HTTP_BAD_GATEWAY,
                                    "publish failed", (char *) detail,

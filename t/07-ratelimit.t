@@ -1,0 +1,253 @@
+#!/usr/bin/perl
+
+# The API rate limit shared by all workers: the call log in shared memory,
+# 429 pauses that hold every worker, and batches that fill up while they
+# wait.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes ();
+use DatoTest;
+
+my $CT = { 'Content-Type' => 'application/json' };
+
+sub ids_body {
+    my ($from, $n) = @_;
+    return DatoTest::encode_json({ ids => [ map { DatoTest::uuid_id($_) }
+                                            $from .. $from + $n - 1 ] });
+}
+
+sub publishes {
+    my ($t) = @_;
+    my @p = sort { $a->{t} <=> $b->{t} }
+            grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
+    return @p;
+}
+
+sub published_ids {
+    my %ids;
+    for my $r (@_) {
+        next unless $r->{status} == 202;
+        $ids{$_}++ for @{ $r->{ids} };
+    }
+    return \%ids;
+}
+
+# the most calls that landed within any window of $w seconds
+sub max_in_window {
+    my ($w, @reqs) = @_;
+    my @t = map { $_->{t} } @reqs;
+    my $max = 0;
+    my $j = 0;
+    for my $i (0 .. $#t) {
+        $j++ while $t[$i] - $t[$j] >= $w;
+        $max = $i - $j + 1 if $i - $j + 1 > $max;
+    }
+    return $max;
+}
+
+sub wait_for_ids {
+    my ($t, $n, $timeout) = @_;
+    return $t->wait_for(sub {
+        scalar(keys %{ published_ids(publishes($t)) }) >= $n
+    }, $timeout);
+}
+
+###########################################################################
+# 1. a burst of 5,000 records over 2 workers: full batches, few calls
+
+{
+    my $t = DatoTest->new(workers => 2);
+    $t->start_mock('--limit', '60', '--window', '3');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook { dato_publish; dato_publish_wait none; }
+    }
+EOF
+
+    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
+                       body => ids_body(100000 + $_ * 200, 200) } } 0 .. 24;
+    my @res = $t->parallel_requests(\@reqs, timeout => 20);
+
+    is(scalar(grep { $_->{status} == 202 } @res), 25,
+       'burst: 25 webhooks of 200 records answered 202');
+
+    ok(wait_for_ids($t, 5000, 20), 'burst: all 5,000 records published');
+
+    my @p = publishes($t);
+    is(scalar(grep { $_->{status} == 429 } @p), 0, 'burst: no 429');
+    cmp_ok(scalar(@p), '<=', 27, 'burst: at most ceil(5000/200) + 2 calls');
+    cmp_ok(max_in_window(3, @p), '<', 60, 'burst: under 60 calls per 3 s');
+
+    $t->done;
+}
+
+###########################################################################
+# 2. small batches: the shared log holds 2 workers to dato_rate_limit
+
+{
+    my $t = DatoTest->new(workers => 2);
+    $t->start_mock('--limit', '60', '--window', '3');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 20;
+            dato_batch_window 50ms;
+            dato_rate_limit 20 2s;
+        }
+    }
+EOF
+
+    # 1,000 records in calls of 20: 50 calls, 20 per 2 s, about 5 s
+
+    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
+                       body => ids_body(200000 + $_ * 100, 100) } } 0 .. 9;
+    my $t0 = Time::HiRes::time();
+    my @res = $t->parallel_requests(\@reqs, timeout => 20);
+
+    is(scalar(grep { $_->{status} == 202 } @res), 10,
+       'limited: 10 webhooks answered 202');
+
+    ok(wait_for_ids($t, 1000, 20), 'limited: all 1,000 records published');
+
+    my @p = publishes($t);
+    is(scalar(grep { $_->{status} == 429 } @p), 0, 'limited: no 429');
+    cmp_ok(max_in_window(2, @p), '<=', 20,
+           'limited: at most 20 calls in any 2 s, both workers together');
+    cmp_ok($p[-1]{t} - $p[0]{t}, '>=', 3.9,
+           'limited: 50 calls took at least two periods');
+
+    my %workers;
+    my $log = $t->error_log;
+    $workers{$1}++ while $log =~ /\[info\] (\d+)#\d+: dato: \d+ records sent/g;
+    is(scalar(keys %workers), 2, 'limited: both workers sent calls');
+
+    $t->done;
+}
+
+###########################################################################
+# 3. a forced 429 pauses every call until X-RateLimit-Reset has passed, and
+#    records that arrive meanwhile make one fuller batch
+
+{
+    my $t = DatoTest->new(workers => 1);
+    $t->start_mock('--limit', '1000');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+        }
+        location /job {
+            dato_publish;
+            dato_batch_window 100ms;
+            dato_publish_timeout 6s;
+        }
+    }
+EOF
+
+    $t->mock_faults([{ status => 429, reset => 2 }]);
+
+    my $r = $t->json_request(method => 'POST', path => '/hook',
+                             headers => $CT, body => ids_body(300000, 1));
+    is($r->{status}, 202, '429: first webhook queued');
+
+    ok($t->wait_for(sub { scalar(publishes($t)) >= 1 }, 5),
+       '429: first call made');
+
+    my ($first) = publishes($t);
+    is($first->{status}, 429, '429: the mock refused it');
+
+    # records that arrive during the pause
+
+    for my $i (1 .. 10) {
+        $r = $t->json_request(method => 'POST', path => '/hook',
+                              headers => $CT,
+                              body => ids_body(300000 + $i, 1));
+        Time::HiRes::sleep(0.1);
+    }
+
+    ok(wait_for_ids($t, 11, 8), '429: every record published after it');
+
+    my @p = publishes($t);
+    my @after = grep { $_->{t} > $first->{t} } @p;
+
+    cmp_ok($after[0]{t} - $first->{t}, '>=', 1.95,
+           '429: no call before X-RateLimit-Reset has passed');
+    is(scalar(@after), 2,
+       '429: the retry and one call for the 10 records of the pause');
+
+    my ($fuller) = grep { @{ $_->{ids} } == 10 } @after;
+    ok($fuller, '429: the 10 records of the pause went in one call');
+
+    $t->log_like(qr/\[warn\].*dato: bulk publish of 1 records failed \(429 RATE_LIMIT_EXCEEDED\), retrying/,
+                 '429: the retry is logged');
+
+    # a webhook that waits for its job gets it after the pause
+
+    $t->mock_faults([{ status => 429, reset => 1 }]);
+
+    $r = $t->json_request(method => 'POST', path => '/job', headers => $CT,
+                          body => ids_body(300100, 1));
+    is($r->{status}, 202, '429: waiting webhook answered 202');
+    is($r->{json}{meta}{status}, 'accepted', '429: ... with its job');
+    like($r->{json}{data}[0]{id} // '', qr/^\d+$/, '429: ... and a job id');
+    cmp_ok($r->{elapsed}, '>=', 0.9, '429: ... after the pause');
+
+    $t->done;
+}
+
+###########################################################################
+# 4. the API's own limit below the configured one: real 429s, all published
+
+{
+    my $t = DatoTest->new(workers => 2);
+    $t->start_mock('--limit', '5', '--window', '1');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 10ms;
+        }
+    }
+EOF
+
+    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
+                       body => ids_body(400000 + $_, 1) } } 0 .. 19;
+    my @res = $t->parallel_requests(\@reqs, timeout => 20);
+
+    is(scalar(grep { $_->{status} == 202 } @res), 20,
+       'storm: 20 webhooks answered 202');
+
+    ok(wait_for_ids($t, 20, 25), 'storm: all 20 records published');
+
+    my @p = publishes($t);
+    cmp_ok(scalar(grep { $_->{status} == 429 } @p), '>', 0,
+           'storm: the API did refuse calls');
+    $t->log_unlike(qr/gave up/, 'storm: nothing given up');
+
+    $t->done;
+}
+
+done_testing;
