@@ -17,14 +17,18 @@
 
 #include "ngx_http_dato.h"
 #include "ngx_http_dato_handler.h"
+#include "ngx_http_dato_status.h"
 
 
+static ngx_int_t ngx_http_dato_add_variables(ngx_conf_t *cf);
 static void *ngx_http_dato_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_dato_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -46,6 +50,7 @@ static ngx_conf_num_bounds_t  ngx_http_dato_batch_size_bounds = {
 static ngx_conf_enum_t  ngx_http_dato_wait[] = {
     { ngx_string("none"), NGX_HTTP_DATO_WAIT_NONE },
     { ngx_string("job"), NGX_HTTP_DATO_WAIT_JOB },
+    { ngx_string("result"), NGX_HTTP_DATO_WAIT_RESULT },
     { ngx_null_string, 0 }
 };
 
@@ -57,6 +62,27 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_http_dato_publish,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("dato_publish_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_dato_publish_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dato_job_poll"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dato_loc_conf_t, job_poll),
+      NULL },
+
+    { ngx_string("dato_job_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dato_loc_conf_t, job_timeout),
       NULL },
 
     { ngx_string("dato_api_token"),
@@ -155,7 +181,7 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_dato_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_dato_add_variables,           /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_dato_create_main_conf,        /* create main configuration */
@@ -183,6 +209,25 @@ ngx_module_t  ngx_http_dato_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_dato_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_dato_variables; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
 
 
 static void *
@@ -219,6 +264,13 @@ ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf)
         return "\"dato_queue_size\" must be at least 1";
     }
 
+    if (dmcf->enabled || dmcf->status) {
+        dmcf->zone = ngx_http_dato_shm_add(cf);
+        if (dmcf->zone == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -247,6 +299,8 @@ ngx_http_dato_create_loc_conf(ngx_conf_t *cf)
     conf->retry_timeout = NGX_CONF_UNSET_MSEC;
     conf->rate_limit = NGX_CONF_UNSET_UINT;
     conf->rate_period = NGX_CONF_UNSET_MSEC;
+    conf->job_poll = NGX_CONF_UNSET;
+    conf->job_timeout = NGX_CONF_UNSET_MSEC;
     conf->batch_size = NGX_CONF_UNSET_UINT;
     conf->batch_window = NGX_CONF_UNSET_MSEC;
     conf->events = NGX_CONF_UNSET_UINT;
@@ -263,8 +317,9 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dato_loc_conf_t *prev = parent;
     ngx_http_dato_loc_conf_t *conf = child;
 
-    char                    *rv;
-    ngx_http_dato_target_t  *target;
+    char                       *rv;
+    ngx_http_dato_target_t     *target;
+    ngx_http_dato_main_conf_t  *dmcf;
 
     ngx_conf_merge_str_value(conf->api_url, prev->api_url,
                              "https://site-api.datocms.com");
@@ -275,6 +330,8 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               300000);
     ngx_conf_merge_uint_value(conf->rate_limit, prev->rate_limit, 50);
     ngx_conf_merge_msec_value(conf->rate_period, prev->rate_period, 3000);
+    ngx_conf_merge_value(conf->job_poll, prev->job_poll, 1);
+    ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
     ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 500);
     ngx_conf_merge_uint_value(conf->events, prev->events,
@@ -294,6 +351,13 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"dato_publish\" needs \"dato_api_token\" or "
                            "\"dato_api_token_file\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->wait == NGX_HTTP_DATO_WAIT_RESULT && !conf->job_poll) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dato_publish_wait result\" needs "
+                           "\"dato_job_poll on\"");
         return NGX_CONF_ERROR;
     }
 
@@ -332,10 +396,11 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      * and the token, so that the token itself stays out of shared memory
      */
 
-    target->rate.zone = ngx_http_dato_shm_add(cf);
-    if (target->rate.zone == NULL) {
-        return NGX_CONF_ERROR;
-    }
+    dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
+
+    target->rate.zone = dmcf->zone;
+    target->job_poll = conf->job_poll;
+    target->job_timeout = conf->job_timeout;
 
     target->rate.key = ngx_crc32_long(target->client.authorization.data,
                                       target->client.authorization.len)
@@ -371,6 +436,27 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
     dmcf->enabled = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_dato_main_conf_t  *dmcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == ngx_http_dato_status_handler) {
+        return "is duplicate";
+    }
+
+    clcf->handler = ngx_http_dato_status_handler;
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
+    dmcf->status = 1;
 
     return NGX_CONF_OK;
 }
@@ -608,7 +694,8 @@ ngx_http_dato_init_process(ngx_cycle_t *cycle)
     json_object_seed(0);
 
     dmcf->batcher = ngx_http_dato_batcher_create(cycle->log,
-                                                 dmcf->queue_size);
+                                                 dmcf->queue_size,
+                                                 dmcf->zone);
     if (dmcf->batcher == NULL) {
         return NGX_ERROR;
     }

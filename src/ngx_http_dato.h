@@ -24,8 +24,9 @@
     "ngx_http_dato_module/" NGX_HTTP_DATO_VERSION " nginx/" NGINX_VERSION
 
 
-#define NGX_HTTP_DATO_WAIT_NONE   0
-#define NGX_HTTP_DATO_WAIT_JOB    1
+#define NGX_HTTP_DATO_WAIT_NONE    0
+#define NGX_HTTP_DATO_WAIT_JOB     1
+#define NGX_HTTP_DATO_WAIT_RESULT  2
 
 
 typedef struct {
@@ -33,6 +34,10 @@ typedef struct {
 
     /* some location has dato_publish: workers need a batcher */
     ngx_flag_t                    enabled;
+
+    /* some location has dato_publish or dato_publish_status */
+    ngx_flag_t                    status;
+    ngx_shm_zone_t               *zone;
 
     /* per worker, made in init_process */
     ngx_http_dato_batcher_t      *batcher;
@@ -49,6 +54,8 @@ typedef struct {
     ngx_msec_t                    retry_timeout;
     ngx_uint_t                    rate_limit;
     ngx_msec_t                    rate_period;
+    ngx_flag_t                    job_poll;
+    ngx_msec_t                    job_timeout;
 
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;

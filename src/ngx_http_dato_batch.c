@@ -15,19 +15,32 @@
 #define NGX_HTTP_DATO_BACKOFF_MIN   500
 #define NGX_HTTP_DATO_BACKOFF_MAX   30000
 
+/* job results: first asked for after 1 s, then less and less often */
+#define NGX_HTTP_DATO_POLL_MIN      1000
+#define NGX_HTTP_DATO_POLL_MAX      30000
+
+/* the most jobs a worker follows at once; past it jobs are not followed */
+#define NGX_HTTP_DATO_JOBS_MAX      1000
+
 /* how many IDs one error.log line names; lines stay under 2048 bytes */
 #define NGX_HTTP_DATO_IDS_PER_LINE  60
+
+#define NGX_HTTP_DATO_NO_JOB        ((ngx_uint_t) -1)
 
 
 #define NGX_HTTP_DATO_BATCH_OPEN      0
 #define NGX_HTTP_DATO_BATCH_WAITING   1
 #define NGX_HTTP_DATO_BATCH_INFLIGHT  2
+#define NGX_HTTP_DATO_BATCH_JOB       3
 
 
 typedef struct {
     ngx_queue_t                   queue;
     ngx_http_dato_batch_t        *batch;
     ngx_http_dato_waiter_t       *waiter;
+
+    /* the waiter's entry for this batch's job, in waiter->jobs */
+    ngx_uint_t                    job;
 } ngx_http_dato_link_t;
 
 
@@ -35,20 +48,41 @@ struct ngx_http_dato_batch_s {
     /* in target->open while the batch fills */
     ngx_queue_t                   queue;
 
-    /* in batcher->batches from birth to answer */
+    /* in batcher->batches from birth to end */
     ngx_queue_t                   all;
 
     ngx_http_dato_batcher_t      *batcher;
     ngx_http_dato_target_t       *target;
 
-    /* the window, then the backoff, then a guard while a call is out */
+    /*
+     * the window, then the rate limit or the backoff, then a guard while
+     * a call is out, then the job polls
+     */
     ngx_event_t                   timer;
 
     ngx_queue_t                   waiters;
 
+    ngx_msec_t                    opened;
     ngx_msec_t                    first_sent;
+    ngx_msec_t                    accepted;
+    ngx_msec_t                    poll_delay;
     ngx_uint_t                    attempts;
     ngx_uint_t                    state;
+
+    /* the answer: a job, its result, or why the batch failed */
+    ngx_str_t                     job;
+    ngx_uint_t                    job_status;
+    ngx_uint_t                    successful;
+    ngx_uint_t                    failed;
+    ngx_uint_t                    fail_status;
+    ngx_str_t                     fail_code;
+
+    unsigned                      queued:1;
+    unsigned                      finished:1;
+    unsigned                      polling:1;
+
+    u_char                        job_buf[NGX_HTTP_DATO_JOB_LEN];
+    u_char                        code_buf[NGX_HTTP_DATO_CODE_LEN];
 
     ngx_str_t                     env;
     u_char                        env_buf[NGX_HTTP_DATO_ENV_MAX_LEN];
@@ -61,10 +95,12 @@ struct ngx_http_dato_batch_s {
 struct ngx_http_dato_batcher_s {
     ngx_http_dato_curl_t         *bridge;
     ngx_log_t                    *log;
+    ngx_shm_zone_t               *zone;
 
     ngx_queue_t                   batches;
     ngx_uint_t                    queued;
     ngx_uint_t                    queue_size;
+    ngx_uint_t                    jobs;
 
     /* learns from nginx that the worker is exiting, see below */
     ngx_connection_t             *watcher;
@@ -72,11 +108,11 @@ struct ngx_http_dato_batcher_s {
     /* the timers' data: nginx's debug log reads an fd from it */
     ngx_connection_t              dummy;
 
-    /* the worker is exiting: send batches at once */
-    unsigned                      hurry:1;
-
     /* the worker is past worker_shutdown_timeout, or is exiting now */
     const char                   *abort_reason;
+
+    /* the worker is exiting: send batches at once */
+    unsigned                      hurry:1;
     unsigned                      aborted:1;
     unsigned                      exiting:1;
 };
@@ -89,12 +125,23 @@ static void ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_timer(ngx_event_t *ev);
 static void ngx_http_dato_batch_answer(void *data,
     ngx_http_dato_client_result_t *res);
+static void ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
+    ngx_str_t *job);
+static void ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch);
+static void ngx_http_dato_batch_polled(void *data,
+    ngx_http_dato_client_result_t *res);
+static void ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch,
+    ngx_uint_t level, const char *what);
 static ngx_msec_t ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
     ngx_http_dato_client_result_t *res);
-static void ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch,
-    ngx_uint_t status, ngx_str_t *job, ngx_str_t *code);
+static void ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch,
+    ngx_uint_t final);
+static void ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch);
+static void ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
     ngx_uint_t status, ngx_str_t *code, const char *why);
+static void ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch,
+    ngx_uint_t level, u_char *what, size_t len);
 static void ngx_http_dato_batch_watch(ngx_event_t *ev);
 static void ngx_http_dato_batch_hurry(ngx_http_dato_batcher_t *b);
 static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
@@ -102,7 +149,8 @@ static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
 
 
 ngx_http_dato_batcher_t *
-ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size)
+ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
+    ngx_shm_zone_t *zone)
 {
     ngx_connection_t         *c;
     ngx_http_dato_batcher_t  *b;
@@ -113,6 +161,7 @@ ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size)
     }
 
     b->log = log;
+    b->zone = zone;
     b->queue_size = queue_size;
     b->dummy.fd = (ngx_socket_t) -1;
 
@@ -216,6 +265,7 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
             id->data[ids[i].len] = '\0';
             id->len = (u_char) ids[i].len;
             b->queued++;
+            ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED, 1);
         }
 
         if (w && (link == NULL || link->batch != batch)) {
@@ -233,6 +283,7 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
 
             link->batch = batch;
             link->waiter = w;
+            link->job = NGX_HTTP_DATO_NO_JOB;
             ngx_queue_insert_tail(&batch->waiters, &link->queue);
             w->pending++;
         }
@@ -273,7 +324,9 @@ ngx_http_dato_waiter_init(ngx_http_dato_waiter_t *w, ngx_pool_t *pool)
         return NGX_ERROR;
     }
 
-    if (ngx_array_init(&w->jobs, pool, 1, sizeof(ngx_str_t)) != NGX_OK) {
+    if (ngx_array_init(&w->jobs, pool, 1, sizeof(ngx_http_dato_job_t))
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -342,6 +395,8 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
     batch->batcher = b;
     batch->target = target;
     batch->state = NGX_HTTP_DATO_BATCH_OPEN;
+    batch->opened = ngx_current_msec;
+    batch->queued = 1;
 
     batch->env.len = ngx_min(env->len, NGX_HTTP_DATO_ENV_MAX_LEN);
     batch->env.data = batch->env_buf;
@@ -450,12 +505,19 @@ ngx_http_dato_batch_timer(ngx_event_t *ev)
     batch = (ngx_http_dato_batch_t *)
                 ((u_char *) ev - offsetof(ngx_http_dato_batch_t, timer));
 
-    if (batch->state == NGX_HTTP_DATO_BATCH_INFLIGHT) {
+    switch (batch->state) {
+
+    case NGX_HTTP_DATO_BATCH_INFLIGHT:
         ngx_add_timer(ev, 1000);
         return;
-    }
 
-    ngx_http_dato_batch_send(batch);
+    case NGX_HTTP_DATO_BATCH_JOB:
+        ngx_http_dato_batch_poll(batch);
+        return;
+
+    default:
+        ngx_http_dato_batch_send(batch);
+    }
 }
 
 
@@ -473,19 +535,22 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
         ngx_del_timer(&batch->timer);
     }
 
+    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
+        ngx_http_dato_batch_give_up(batch, 0, NULL,
+                                    b->abort_reason ? b->abort_reason
+                                    : "the worker process is exiting");
+        return;
+    }
+
+    ngx_http_dato_stat_call(b->zone, NGX_HTTP_DATO_CALLS_PUBLISH,
+                            res->status, &res->code);
+
     if (res->status >= 200 && res->status < 300) {
         ngx_log_error(NGX_LOG_INFO, b->log, 0,
                       "dato: %ui records sent, job \"%V\"",
                       batch->nids, &res->job_id);
 
-        ngx_http_dato_batch_done(batch, res->status, &res->job_id, NULL);
-        return;
-    }
-
-    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
-        ngx_http_dato_batch_give_up(batch, 0, NULL,
-                                    b->abort_reason ? b->abort_reason
-                                    : "the worker process is exiting");
+        ngx_http_dato_batch_accepted(batch, &res->job_id);
         return;
     }
 
@@ -509,6 +574,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
                           "(%ui %V), retrying in %M ms",
                           batch->nids, res->status, &res->code, delay);
 
+            ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RETRIES, 1);
+
             batch->state = NGX_HTTP_DATO_BATCH_WAITING;
             ngx_add_timer(&batch->timer, delay);
             return;
@@ -521,6 +588,214 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
 
     ngx_http_dato_batch_give_up(batch, res->status, &res->code,
                                 "DatoCMS refused the call");
+}
+
+
+/* DatoCMS took the batch: its webhooks learn the job; then follow it */
+
+static void
+ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
+{
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    batch->job.len = ngx_min(job->len, NGX_HTTP_DATO_JOB_LEN);
+    batch->job.data = batch->job_buf;
+    ngx_memcpy(batch->job_buf, job->data, batch->job.len);
+
+    batch->accepted = ngx_current_msec;
+
+    ngx_http_dato_batch_unqueue(batch);
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_SENT, batch->nids);
+    ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_ID,
+                               batch->accepted - batch->opened);
+
+    if (!batch->target->job_poll || batch->job.len == 0
+        || b->jobs >= NGX_HTTP_DATO_JOBS_MAX || b->aborted)
+    {
+        ngx_http_dato_batch_notify(batch, 1);
+        ngx_http_dato_batch_free(batch);
+        return;
+    }
+
+    batch->state = NGX_HTTP_DATO_BATCH_JOB;
+    batch->poll_delay = NGX_HTTP_DATO_POLL_MIN;
+    b->jobs++;
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_PENDING, 1);
+    ngx_http_dato_stat_job(b->zone, &batch->job, batch->nids, 0, 0, 0);
+
+    ngx_http_dato_batch_notify(batch, 0);
+
+    /* following a job never keeps an exiting worker alive */
+
+    batch->timer.cancelable = 1;
+    ngx_add_timer(&batch->timer, batch->poll_delay);
+}
+
+
+static void
+ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
+{
+    ngx_int_t                 rc;
+    ngx_msec_t                wait;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    if (ngx_current_msec - batch->accepted >= batch->target->job_timeout) {
+        ngx_http_dato_batch_job_end(batch, NGX_LOG_WARN,
+                                    "did not finish within "
+                                    "dato_job_timeout");
+        return;
+    }
+
+    /* polls count against the API's limit like every other call */
+
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate);
+
+    if (wait) {
+        ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
+        return;
+    }
+
+    rc = ngx_http_dato_client_job(b->bridge, &batch->target->client,
+                                  &batch->env, &batch->job,
+                                  ngx_http_dato_batch_polled, batch, b->log);
+
+    if (rc != NGX_OK) {
+        ngx_add_timer(&batch->timer, batch->poll_delay);
+        return;
+    }
+
+    batch->polling = 1;
+}
+
+
+static void
+ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
+{
+    ngx_http_dato_batch_t *batch = data;
+
+    ngx_uint_t                level;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+    batch->polling = 0;
+
+    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
+        ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO,
+                                    "was not followed to its end: the "
+                                    "worker process is exiting");
+        return;
+    }
+
+    ngx_http_dato_stat_call(b->zone, NGX_HTTP_DATO_CALLS_JOB, res->status,
+                            &res->code);
+
+    if (res->status == 200) {
+        batch->finished = 1;
+        batch->job_status = res->job_status ? res->job_status : 1;
+        batch->successful = res->successful;
+        batch->failed = res->failed;
+
+        if (batch->job_status < 200 || batch->job_status > 299) {
+            batch->fail_code.len = ngx_min(res->code.len,
+                                           NGX_HTTP_DATO_CODE_LEN);
+            batch->fail_code.data = batch->code_buf;
+            ngx_memcpy(batch->code_buf, res->code.data, batch->fail_code.len);
+        }
+
+        level = (batch->failed || batch->job_status < 200
+                 || batch->job_status > 299)
+                ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+        ngx_http_dato_batch_job_end(batch, level, "finished");
+        return;
+    }
+
+    /* 404: the job still runs; anything else is asked again later too */
+
+    if (res->status == 429) {
+        ngx_http_dato_rate_pause(&batch->target->rate,
+                                 ngx_http_dato_batch_backoff(batch, res));
+    }
+
+    batch->poll_delay = ngx_min(batch->poll_delay * 2,
+                                NGX_HTTP_DATO_POLL_MAX);
+
+    ngx_add_timer(&batch->timer, batch->poll_delay);
+}
+
+
+/*
+ * A followed job is done with: finished, timed out, or left behind by an
+ * exiting worker.  One log line says so; a job that failed names its
+ * records.
+ */
+
+static void
+ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch, ngx_uint_t level,
+    const char *what)
+{
+    u_char                   *p, line[256];
+    ngx_msec_t                ms;
+    ngx_uint_t                bad;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+    ms = ngx_current_msec - batch->accepted;
+
+    if (batch->finished) {
+        p = ngx_snprintf(line, sizeof(line),
+                         "dato: job \"%V\" %s: status %ui, %ui records, "
+                         "%ui successful, %ui failed, %M.%03M s",
+                         &batch->job, what, batch->job_status, batch->nids,
+                         batch->successful, batch->failed,
+                         ms / 1000, ms % 1000);
+
+        bad = (level == NGX_LOG_WARN);
+
+        ngx_http_dato_stat_add(b->zone, bad ? NGX_HTTP_DATO_JOBS_FAILED
+                                            : NGX_HTTP_DATO_JOBS_DONE, 1);
+        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_PUBLISHED,
+                               batch->successful);
+        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_FAILED,
+                               (batch->job_status < 200
+                                || batch->job_status > 299)
+                               && batch->failed == 0
+                               ? batch->nids : batch->failed);
+        ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_DONE,
+                                   ngx_current_msec - batch->opened);
+        ngx_http_dato_stat_job(b->zone, &batch->job, batch->nids,
+                               batch->job_status, batch->successful,
+                               batch->failed);
+
+    } else {
+        p = ngx_snprintf(line, sizeof(line),
+                         "dato: job \"%V\" of %ui records %s (%M s)",
+                         &batch->job, batch->nids, what, ms / 1000);
+
+        bad = (level == NGX_LOG_WARN);
+
+        if (bad) {
+            ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_UNFINISHED, 1);
+        }
+    }
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_PENDING, -1);
+
+    if (bad) {
+        ngx_http_dato_batch_log_ids(batch, level, line, p - line);
+
+    } else {
+        ngx_log_error(level, b->log, 0, "%*s", p - line, line);
+    }
+
+    ngx_http_dato_batch_notify(batch, 1);
+    ngx_http_dato_batch_free(batch);
 }
 
 
@@ -548,16 +823,96 @@ ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
 }
 
 
-/* every webhook that waits on the batch learns its fate; then it is freed */
+/*
+ * The webhooks that wait on the batch learn its job, its result or its
+ * failure.  Those that wait for the job's result stay linked until the
+ * final notice.
+ */
 
 static void
-ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch, ngx_uint_t status,
-    ngx_str_t *job, ngx_str_t *code)
+ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch, ngx_uint_t final)
 {
-    ngx_str_t                *s;
-    ngx_queue_t              *q;
+    ngx_queue_t              *q, *next;
+    ngx_http_dato_job_t      *job;
     ngx_http_dato_link_t     *link;
     ngx_http_dato_waiter_t   *w;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    for (q = ngx_queue_head(&batch->waiters);
+         q != ngx_queue_sentinel(&batch->waiters);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+        w = link->waiter;
+
+        if (batch->job.len && link->job == NGX_HTTP_DATO_NO_JOB) {
+            job = ngx_array_push(&w->jobs);
+
+            if (job) {
+                ngx_memzero(job, sizeof(ngx_http_dato_job_t));
+                job->id.data = ngx_pstrdup(w->pool, &batch->job);
+                job->id.len = job->id.data ? batch->job.len : 0;
+                link->job = w->jobs.nelts - 1;
+            }
+        }
+
+        if (!final && w->result) {
+            continue;
+        }
+
+        if (batch->finished && link->job != NGX_HTTP_DATO_NO_JOB) {
+            job = (ngx_http_dato_job_t *) w->jobs.elts + link->job;
+            job->status = batch->job_status;
+            job->successful = batch->successful;
+            job->failed = batch->failed;
+        }
+
+        if (batch->fail_status && w->failed == 0) {
+            w->failed = batch->fail_status;
+
+            if (batch->fail_code.len) {
+                w->code.data = ngx_pstrdup(w->pool, &batch->fail_code);
+                w->code.len = w->code.data ? batch->fail_code.len : 0;
+            }
+        }
+
+        ngx_queue_remove(q);
+        link->batch = NULL;
+        w->pending--;
+
+        if (w->pending == 0 && w->armed && !b->exiting) {
+            w->handler(w);
+        }
+    }
+}
+
+
+static void
+ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch)
+{
+    ngx_http_dato_batcher_t  *b;
+
+    if (!batch->queued) {
+        return;
+    }
+
+    b = batch->batcher;
+
+    batch->queued = 0;
+    b->queued -= batch->nids;
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
+                           -(ngx_atomic_int_t) batch->nids);
+}
+
+
+static void
+ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch)
+{
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
@@ -566,44 +921,16 @@ ngx_http_dato_batch_done(ngx_http_dato_batch_t *batch, ngx_uint_t status,
         ngx_queue_remove(&batch->queue);
     }
 
+    if (batch->state == NGX_HTTP_DATO_BATCH_JOB) {
+        b->jobs--;
+    }
+
     if (batch->timer.timer_set) {
         ngx_del_timer(&batch->timer);
     }
 
+    ngx_http_dato_batch_unqueue(batch);
     ngx_queue_remove(&batch->all);
-    b->queued -= batch->nids;
-
-    while (!ngx_queue_empty(&batch->waiters)) {
-        q = ngx_queue_head(&batch->waiters);
-        ngx_queue_remove(q);
-
-        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
-        link->batch = NULL;
-
-        w = link->waiter;
-        w->pending--;
-
-        if (job && job->len) {
-            s = ngx_array_push(&w->jobs);
-
-            if (s) {
-                s->data = ngx_pstrdup(w->pool, job);
-                s->len = s->data ? job->len : 0;
-            }
-
-        } else if (job == NULL && w->failed == 0) {
-            w->failed = status ? status : NGX_HTTP_DATO_NO_ANSWER;
-
-            if (code && code->len) {
-                w->code.data = ngx_pstrdup(w->pool, code);
-                w->code.len = w->code.data ? code->len : 0;
-            }
-        }
-
-        if (w->pending == 0 && w->armed && !b->exiting) {
-            w->handler(w);
-        }
-    }
 
     ngx_free(batch);
 }
@@ -618,13 +945,44 @@ static void
 ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     ngx_str_t *code, const char *why)
 {
+    u_char                   *p, line[256];
+    ngx_str_t                 none = ngx_string("-");
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    batch->fail_status = status ? status : NGX_HTTP_DATO_NO_ANSWER;
+
+    if (code && code->len) {
+        batch->fail_code.len = ngx_min(code->len, NGX_HTTP_DATO_CODE_LEN);
+        batch->fail_code.data = batch->code_buf;
+        ngx_memcpy(batch->code_buf, code->data, batch->fail_code.len);
+    }
+
+    p = ngx_snprintf(line, sizeof(line),
+                     "dato: gave up publishing %ui records after %ui "
+                     "attempts (%s; status %ui, code %V)",
+                     batch->nids, batch->attempts, why, status,
+                     batch->fail_code.len ? &batch->fail_code : &none);
+
+    ngx_http_dato_batch_log_ids(batch, NGX_LOG_ERR, line, p - line);
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
+                           batch->nids);
+
+    ngx_http_dato_batch_notify(batch, 1);
+    ngx_http_dato_batch_free(batch);
+}
+
+
+static void
+ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch, ngx_uint_t level,
+    u_char *what, size_t len)
+{
     u_char      *p, *last;
     u_char       line[NGX_HTTP_DATO_IDS_PER_LINE
                       * (NGX_HTTP_DATO_ID_MAX_LEN + 1)];
-    ngx_str_t    none = ngx_string("-"), *logged;
     ngx_uint_t   i, part, parts;
-
-    logged = (code && code->len) ? code : &none;
 
     parts = (batch->nids + NGX_HTTP_DATO_IDS_PER_LINE - 1)
             / NGX_HTTP_DATO_IDS_PER_LINE;
@@ -641,15 +999,10 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
                              batch->ids[i].data);
         }
 
-        ngx_log_error(NGX_LOG_ERR, batch->batcher->log, 0,
-                      "dato: gave up publishing %ui records after %ui "
-                      "attempts (%s; status %ui, code %V), records "
-                      "(part %ui of %ui): %*s",
-                      batch->nids, batch->attempts, why, status, logged,
-                      part + 1, parts, p - line, line);
+        ngx_log_error(level, batch->batcher->log, 0,
+                      "%*s, records (part %ui of %ui): %*s",
+                      len, what, part + 1, parts, p - line, line);
     }
-
-    ngx_http_dato_batch_done(batch, status, NULL, code);
 }
 
 
@@ -713,13 +1066,23 @@ ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b, const char *why)
     b->aborted = 1;
     b->abort_reason = why;
 
-    /* calls out now come back through ngx_http_dato_batch_answer */
+    /* calls out now come back through their answer handlers */
 
     ngx_http_dato_curl_abort(b->bridge);
 
     while (!ngx_queue_empty(&b->batches)) {
         q = ngx_queue_head(&b->batches);
         batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+
+        if (batch->state == NGX_HTTP_DATO_BATCH_JOB) {
+
+            /* published already: only its result will not be known */
+
+            ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO,
+                                        "was not followed to its end: the "
+                                        "worker process is exiting");
+            continue;
+        }
 
         ngx_http_dato_batch_give_up(batch, 0, NULL, why);
     }

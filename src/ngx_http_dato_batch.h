@@ -39,10 +39,23 @@ typedef struct {
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;
     ngx_msec_t                    retry_timeout;
+    ngx_flag_t                    job_poll;
+    ngx_msec_t                    job_timeout;
 
     /* per worker: the batches still filling, one per environment */
     ngx_queue_t                   open;
 } ngx_http_dato_target_t;
+
+
+/* a job that carries some of a webhook's records */
+typedef struct {
+    ngx_str_t                     id;
+
+    /* the job's result: attributes.status, 0 while it is not known */
+    ngx_uint_t                    status;
+    ngx_uint_t                    successful;
+    ngx_uint_t                    failed;
+} ngx_http_dato_job_t;
 
 
 /* a webhook that waits for the answers of the batches it went into */
@@ -55,7 +68,7 @@ struct ngx_http_dato_waiter_s {
     ngx_array_t                   links;
     ngx_uint_t                    pending;
 
-    /* ngx_str_t job IDs, allocated in pool */
+    /* ngx_http_dato_job_t, allocated in pool */
     ngx_array_t                   jobs;
     ngx_uint_t                    records;
 
@@ -65,11 +78,14 @@ struct ngx_http_dato_waiter_s {
 
     /* set once ngx_http_dato_batch_add() has returned */
     unsigned                      armed:1;
+
+    /* waits for the jobs to finish, not only for their IDs */
+    unsigned                      result:1;
 };
 
 
 ngx_http_dato_batcher_t *ngx_http_dato_batcher_create(ngx_log_t *log,
-    ngx_uint_t queue_size);
+    ngx_uint_t queue_size, ngx_shm_zone_t *zone);
 void ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b);
 ngx_int_t ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     ngx_http_dato_target_t *target, ngx_str_t *env,

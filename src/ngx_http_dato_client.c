@@ -23,6 +23,7 @@ typedef struct {
 
     struct curl_slist              *headers;
     char                           *body;
+    unsigned                        job:1;
 
     ngx_http_dato_client_result_t   result;
 
@@ -41,13 +42,17 @@ static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
     size_t size, const char *src, size_t len);
 static char *ngx_http_dato_client_body(ngx_http_dato_id_t *ids,
     ngx_uint_t n);
+static ngx_int_t ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, const char *url,
+    ngx_http_dato_client_call_t *call);
+static void ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
+    json_t *data);
 static void ngx_http_dato_client_free(ngx_http_dato_client_call_t *call);
 
 
 static ngx_str_t  ngx_http_dato_client_headers[] = {
     ngx_string("Accept: application/json"),
     ngx_string("X-Api-Version: 3"),
-    ngx_string("Content-Type: application/vnd.api+json"),
     ngx_string("User-Agent: " NGX_HTTP_DATO_USER_AGENT),
     ngx_string("Expect:"),
     ngx_null_string
@@ -117,6 +122,8 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
 
     p = ngx_sprintf(cc->publish_url.data, "%V/items/bulk/publish%Z", &url);
     cc->publish_url.len = p - cc->publish_url.data - 1;
+
+    cc->base_url = url;
 
     /* the token goes into one header line only: no line breaks in it */
 
@@ -200,11 +207,7 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
     ngx_log_t *log)
 {
-    u_char                        line[NGX_HTTP_DATO_ENV_MAX_LEN + 32];
-    CURL                         *easy;
     ngx_int_t                     rc;
-    ngx_str_t                    *h;
-    struct curl_slist            *list, *resolve;
     ngx_http_dato_client_call_t  *call;
 
     call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
@@ -218,16 +221,82 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     call->data = data;
     call->log = log;
 
-    easy = NULL;
-
     call->body = ngx_http_dato_client_body(ids, n);
     if (call->body == NULL) {
-        goto failed;
+        ngx_http_dato_client_free(call);
+        return NGX_ERROR;
     }
+
+    rc = ngx_http_dato_client_start(bridge, cc, env,
+                                    (char *) cc->publish_url.data, call);
+
+    if (rc != NGX_OK) {
+        ngx_http_dato_client_free(call);
+    }
+
+    return rc;
+}
+
+
+/* GET /job-results/ID: 404 while the job runs, 200 with its result */
+
+ngx_int_t
+ngx_http_dato_client_job(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_str_t *job,
+    ngx_http_dato_client_done_pt done, void *data, ngx_log_t *log)
+{
+    u_char                       *url;
+    ngx_int_t                     rc;
+    ngx_http_dato_client_call_t  *call;
+
+    call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
+    if (call == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(call, offsetof(ngx_http_dato_client_call_t, answer));
+
+    call->done = done;
+    call->data = data;
+    call->log = log;
+    call->job = 1;
+
+    url = ngx_alloc(cc->base_url.len + sizeof("/job-results/") + job->len,
+                    log);
+    if (url == NULL) {
+        ngx_http_dato_client_free(call);
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(url, "%V/job-results/%V%Z", &cc->base_url, job);
+
+    rc = ngx_http_dato_client_start(bridge, cc, env, (char *) url, call);
+
+    /* curl has copied the URL */
+    ngx_free(url);
+
+    if (rc != NGX_OK) {
+        ngx_http_dato_client_free(call);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, const char *url,
+    ngx_http_dato_client_call_t *call)
+{
+    u_char              line[NGX_HTTP_DATO_ENV_MAX_LEN + 32];
+    CURL               *easy;
+    ngx_int_t           rc;
+    ngx_str_t          *h;
+    struct curl_slist  *list, *resolve;
 
     list = curl_slist_append(NULL, (char *) cc->authorization.data);
     if (list == NULL) {
-        goto failed;
+        return NGX_ERROR;
     }
 
     call->headers = list;
@@ -235,7 +304,15 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     for (h = ngx_http_dato_client_headers; h->len; h++) {
         list = curl_slist_append(call->headers, (char *) h->data);
         if (list == NULL) {
-            goto failed;
+            return NGX_ERROR;
+        }
+    }
+
+    if (call->body) {
+        list = curl_slist_append(call->headers,
+                                 "Content-Type: application/vnd.api+json");
+        if (list == NULL) {
+            return NGX_ERROR;
         }
     }
 
@@ -244,19 +321,24 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
 
         list = curl_slist_append(call->headers, (char *) line);
         if (list == NULL) {
-            goto failed;
+            return NGX_ERROR;
         }
     }
 
     easy = curl_easy_init();
     if (easy == NULL) {
-        goto failed;
+        return NGX_ERROR;
     }
 
-    curl_easy_setopt(easy, CURLOPT_URL, cc->publish_url.data);
+    curl_easy_setopt(easy, CURLOPT_URL, url);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) strlen(call->body));
+
+    if (call->body) {
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE,
+                         (long) strlen(call->body));
+    }
+
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ngx_http_dato_client_write);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION,
@@ -278,7 +360,8 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
 
         resolve = curl_slist_append(NULL, (char *) cc->resolve.data);
         if (resolve == NULL) {
-            goto failed;
+            curl_easy_cleanup(easy);
+            return NGX_ERROR;
         }
 
         curl_easy_setopt(easy, CURLOPT_RESOLVE, resolve);
@@ -288,24 +371,11 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     rc = ngx_http_dato_curl_start(bridge, easy, ngx_http_dato_client_done,
                                   call);
 
-    if (rc == NGX_OK) {
-        return NGX_OK;
-    }
-
-    curl_easy_cleanup(easy);
-    ngx_http_dato_client_free(call);
-
-    return rc;
-
-failed:
-
-    if (easy) {
+    if (rc != NGX_OK) {
         curl_easy_cleanup(easy);
     }
 
-    ngx_http_dato_client_free(call);
-
-    return NGX_ERROR;
+    return rc;
 }
 
 
@@ -427,6 +497,11 @@ ngx_http_dato_client_read(ngx_http_dato_client_call_t *call)
             data = json_array_get(data, 0);
         }
 
+        if (call->job) {
+            ngx_http_dato_client_job_read(res, data);
+            goto done;
+        }
+
         v = json_object_get(data, "id");
 
         if (json_is_string(v)) {
@@ -436,6 +511,12 @@ ngx_http_dato_client_read(ngx_http_dato_client_call_t *call)
                                      json_string_length(v));
         }
 
+        goto done;
+    }
+
+    if (call->job && res->status == 404) {
+
+        /* the job still runs: the usual answer, not an error */
         goto done;
     }
 
@@ -463,6 +544,46 @@ done:
 
     if (root) {
         json_decref(root);
+    }
+}
+
+
+/*
+ * {"data":{"type":"job_result","id":"4235","attributes":{"status":200,
+ * "payload":{"data":[],"meta":{"successful":20,"failed":0}}}}}
+ */
+
+static void
+ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
+    json_t *data)
+{
+    json_t  *attrs, *meta, *v;
+
+    attrs = json_object_get(data, "attributes");
+    v = json_object_get(attrs, "status");
+
+    /* an answer without a status is taken as a failed job, not a crash */
+
+    res->job_status = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v)
+                                         : 0;
+
+    meta = json_object_get(json_object_get(attrs, "payload"), "meta");
+
+    v = json_object_get(meta, "successful");
+    res->successful = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v)
+                                         : 0;
+
+    v = json_object_get(meta, "failed");
+    res->failed = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v) : 0;
+
+    v = json_object_get(json_array_get(json_object_get(
+            json_object_get(attrs, "payload"), "data"), 0), "attributes");
+    v = json_object_get(v, "code");
+
+    if (json_is_string(v)) {
+        ngx_http_dato_client_set(&res->code, res->code_buf,
+                                 NGX_HTTP_DATO_CODE_LEN, json_string_value(v),
+                                 json_string_length(v));
     }
 }
 

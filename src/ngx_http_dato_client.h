@@ -30,6 +30,7 @@ typedef struct {
 
 
 typedef struct {
+    ngx_str_t                   base_url;        /* no trailing slash */
     ngx_str_t                   publish_url;     /* NUL-terminated */
     ngx_str_t                   authorization;   /* NUL-terminated */
     ngx_str_t                   resolve;         /* NUL-terminated or empty */
@@ -51,6 +52,11 @@ typedef struct {
 
     ngx_str_t                   job_id;
 
+    /* a finished job: its attributes.status and payload.meta counts */
+    ngx_uint_t                  job_status;
+    ngx_uint_t                  successful;
+    ngx_uint_t                  failed;
+
     /* DatoCMS's error code, or curl's reason for a network failure */
     ngx_str_t                   code;
 
@@ -69,6 +75,9 @@ ngx_int_t ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
     ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
     ngx_log_t *log);
+ngx_int_t ngx_http_dato_client_job(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_str_t *job,
+    ngx_http_dato_client_done_pt done, void *data, ngx_log_t *log);
 
 
 #endif /* _NGX_HTTP_DATO_CLIENT_H_INCLUDED_ */

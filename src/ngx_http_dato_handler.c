@@ -21,6 +21,7 @@
 typedef struct {
     ngx_http_request_t           *request;
     ngx_http_dato_waiter_t        waiter;
+    ngx_uint_t                    records;
 } ngx_http_dato_ctx_t;
 
 
@@ -40,12 +41,33 @@ static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
     json_t *root);
 static ngx_int_t ngx_http_dato_add_header(ngx_http_request_t *r,
     const char *name, const char *value);
+static ngx_int_t ngx_http_dato_result(ngx_http_request_t *r,
+    ngx_http_dato_waiter_t *w);
+static void ngx_http_dato_count(ngx_http_request_t *r, ngx_uint_t stat);
+static ngx_int_t ngx_http_dato_variable_jobs(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_dato_variable_records(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+ngx_http_variable_t  ngx_http_dato_variables[] = {
+
+    { ngx_string("dato_job_ids"), NULL, ngx_http_dato_variable_jobs, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("dato_records"), NULL, ngx_http_dato_variable_records, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
 
 
 ngx_int_t
 ngx_http_dato_handler(ngx_http_request_t *r)
 {
     ngx_int_t  rc;
+
+    ngx_http_dato_count(r, NGX_HTTP_DATO_WEBHOOKS_RECEIVED);
 
     if (!(r->method & NGX_HTTP_POST)) {
         rc = ngx_http_discard_request_body(r);
@@ -79,6 +101,7 @@ ngx_http_dato_handler(ngx_http_request_t *r)
     rc = ngx_http_read_client_request_body(r, ngx_http_dato_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_http_dato_count(r, ngx_http_dato_stat_rejected(rc));
         return rc;
     }
 
@@ -112,6 +135,10 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
     case NGX_HTTP_DATO_PARSE_IGNORED:
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "dato: webhook ignored: %s", res.detail);
+
+        ngx_http_dato_count(r, res.reason[1] == 'n'
+                               ? NGX_HTTP_DATO_IGNORED_ENTITY_TYPE
+                               : NGX_HTTP_DATO_IGNORED_EVENT_TYPE);
 
         rc = ngx_http_dato_send(r, NGX_HTTP_OK,
                                 json_pack("{s:{s:s, s:s}}", "meta",
@@ -162,7 +189,7 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     ctx->request = r;
     w = NULL;
 
-    if (dlcf->wait == NGX_HTTP_DATO_WAIT_JOB) {
+    if (dlcf->wait != NGX_HTTP_DATO_WAIT_NONE) {
         w = &ctx->waiter;
 
         if (ngx_http_dato_waiter_init(w, r->pool) != NGX_OK) {
@@ -171,6 +198,7 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
 
         w->handler = ngx_http_dato_wake;
         w->data = ctx;
+        w->result = (dlcf->wait == NGX_HTTP_DATO_WAIT_RESULT);
     }
 
     rc = ngx_http_dato_batch_add(dmcf->batcher, dlcf->target, &env,
@@ -203,7 +231,10 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ctx->records = res->nids;
     ngx_http_set_ctx(r, ctx, ngx_http_dato_module);
+
+    ngx_http_dato_count(r, NGX_HTTP_DATO_WEBHOOKS_ACCEPTED);
 
     if (w == NULL || w->pending == 0) {
         return ngx_http_dato_answer(r, w, res->nids, w == NULL);
@@ -277,10 +308,10 @@ static ngx_int_t
 ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     ngx_uint_t records, ngx_uint_t queued)
 {
-    u_char      detail[128];
-    json_t     *jobs, *job;
-    ngx_str_t  *ids;
-    ngx_uint_t  i;
+    u_char                detail[128];
+    json_t               *jobs, *job;
+    ngx_uint_t            i;
+    ngx_http_dato_job_t  *ids;
 
     if (w && w->failed && !queued) {
 
@@ -317,6 +348,10 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                                    &w->code);
     }
 
+    if (w && w->result && !queued) {
+        return ngx_http_dato_result(r, w);
+    }
+
     jobs = json_array();
     if (jobs == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -327,7 +362,7 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 
         for (i = 0; i < w->jobs.nelts; i++) {
             job = json_pack("{s:s, s:s#}", "type", "job",
-                            "id", ids[i].data, (int) ids[i].len);
+                            "id", ids[i].id.data, (int) ids[i].id.len);
 
             if (json_array_append_new(jobs, job) != 0) {
                 json_decref(jobs);
@@ -346,12 +381,84 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 }
 
 
+/*
+ * dato_publish_wait result: 200 with each job's result, 502 when a job
+ * failed, or 202 "queued" when some job's end is not known
+ */
+
+static ngx_int_t
+ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w)
+{
+    json_t               *data, *job, *err;
+    ngx_uint_t            i, failed, unknown;
+    ngx_http_dato_job_t  *jobs;
+
+    data = json_array();
+    if (data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    jobs = w->jobs.elts;
+    failed = 0;
+    unknown = 0;
+
+    for (i = 0; i < w->jobs.nelts; i++) {
+        if (jobs[i].status == 0) {
+            unknown++;
+
+        } else if (jobs[i].status < 200 || jobs[i].status > 299
+                   || jobs[i].failed)
+        {
+            failed++;
+        }
+
+        job = json_pack("{s:s, s:s#, s:{s:I, s:I, s:I}}",
+                        "type", "job_result",
+                        "id", jobs[i].id.data, (int) jobs[i].id.len,
+                        "attributes",
+                        "status", (json_int_t) jobs[i].status,
+                        "successful", (json_int_t) jobs[i].successful,
+                        "failed", (json_int_t) jobs[i].failed);
+
+        if (json_array_append_new(data, job) != 0) {
+            json_decref(data);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (failed) {
+        err = json_pack("{s:s, s:s, s:s}", "status", "502",
+                        "title", "publish failed",
+                        "detail", "a DatoCMS job did not publish every record");
+
+        return ngx_http_dato_send(r, NGX_HTTP_BAD_GATEWAY,
+                                  json_pack("{s:[o], s:{s:o, s:I}}",
+                                            "errors", err,
+                                            "meta", "jobs", data,
+                                            "records",
+                                            (json_int_t) w->records));
+    }
+
+    return ngx_http_dato_send(r, unknown ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK,
+                              json_pack("{s:o, s:{s:I, s:s}}",
+                                        "data", data,
+                                        "meta",
+                                        "records", (json_int_t) w->records,
+                                        "status",
+                                        unknown ? "queued" : "published"));
+}
+
+
 static ngx_int_t
 ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *title, const char *detail, ngx_str_t *code)
 {
     u_char   text[NGX_INT_T_LEN + 1];
     json_t  *err;
+
+    if (status != NGX_HTTP_BAD_GATEWAY) {
+        ngx_http_dato_count(r, ngx_http_dato_stat_rejected(status));
+    }
 
     ngx_sprintf(text, "%ui%Z", status);
 
@@ -553,6 +660,94 @@ ngx_http_dato_read_body(ngx_http_request_t *r, ngx_str_t *body)
     }
 
     body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_dato_count(ngx_http_request_t *r, ngx_uint_t stat)
+{
+    ngx_http_dato_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
+
+    ngx_http_dato_stat_add(dmcf->zone, stat, 1);
+}
+
+
+static ngx_int_t
+ngx_http_dato_variable_jobs(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char               *p;
+    size_t                len;
+    ngx_uint_t            i;
+    ngx_http_dato_ctx_t  *ctx;
+    ngx_http_dato_job_t  *jobs;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dato_module);
+
+    if (ctx == NULL || ctx->waiter.jobs.nelts == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    jobs = ctx->waiter.jobs.elts;
+    len = 0;
+
+    for (i = 0; i < ctx->waiter.jobs.nelts; i++) {
+        len += jobs[i].id.len + 1;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+
+    for (i = 0; i < ctx->waiter.jobs.nelts; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, jobs[i].id.data, jobs[i].id.len);
+    }
+
+    v->len = p - v->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dato_variable_records(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char               *p;
+    ngx_http_dato_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dato_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+    v->len = ngx_sprintf(p, "%ui", ctx->records) - p;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
 
     return NGX_OK;
 }

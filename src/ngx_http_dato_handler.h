@@ -18,5 +18,7 @@
 
 ngx_int_t ngx_http_dato_handler(ngx_http_request_t *r);
 
+extern ngx_http_variable_t  ngx_http_dato_variables[];
+
 
 #endif /* _NGX_HTTP_DATO_HANDLER_H_INCLUDED_ */

@@ -157,6 +157,7 @@ ngx_http_dato_parse_webhook(json_t *root, unsigned events,
     if (len != 4 || memcmp(name, "item", 4) != 0) {
         res->status = NGX_HTTP_DATO_PARSE_IGNORED;
         res->title = "ignored";
+        res->reason = "entity_type";
         snprintf(res->detail, sizeof(res->detail),
                  "entity_type is not \"item\"");
         return res->status;
@@ -168,6 +169,7 @@ ngx_http_dato_parse_webhook(json_t *root, unsigned events,
     if ((bit & events) == 0) {
         res->status = NGX_HTTP_DATO_PARSE_IGNORED;
         res->title = "ignored";
+        res->reason = "event_type";
         snprintf(res->detail, sizeof(res->detail),
                  "event_type is not in dato_publish_events");
         return res->status;

@@ -44,6 +44,9 @@ typedef struct {
 typedef struct {
     int                         status;
     const char                 *title;
+
+    /* why a webhook is ignored: "entity_type" or "event_type" */
+    const char                 *reason;
     char                        detail[NGX_HTTP_DATO_DETAIL_LEN];
 
     /* the IDs point into root, which lives until ngx_http_dato_parse_free */

@@ -32,8 +32,23 @@ typedef struct {
 
 
 typedef struct {
+    /* a reload may bring a module build whose zone layout differs */
+    size_t                        size;
+
     ngx_uint_t                    nbuckets;
     ngx_http_dato_bucket_t        buckets[NGX_HTTP_DATO_BUCKETS];
+
+    ngx_atomic_t                  stats[NGX_HTTP_DATO_STATS];
+    ngx_http_dato_histogram_t     latency[2];
+
+    /* a ring of the last jobs, "next" the oldest */
+    ngx_http_dato_last_job_t      jobs[NGX_HTTP_DATO_LAST_JOBS];
+    ngx_uint_t                    next_job;
+
+    ngx_uint_t                    error_status;
+    u_char                        error_code[64];
+    size_t                        error_code_len;
+    time_t                        error_time;
 } ngx_http_dato_shctx_t;
 
 
@@ -49,6 +64,12 @@ static ngx_http_dato_bucket_t *ngx_http_dato_bucket(
 
 
 static ngx_str_t  ngx_http_dato_shm_name = ngx_string("ngx_http_dato");
+
+
+/* upper bounds of the latency histogram buckets, in ms */
+ngx_msec_t  ngx_http_dato_latency_bounds[NGX_HTTP_DATO_LATENCY_BUCKETS] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000
+};
 
 
 ngx_shm_zone_t *
@@ -94,7 +115,7 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 
     ctx = zone->data;
 
-    if (octx) {
+    if (octx && octx->sh->size == sizeof(ngx_http_dato_shctx_t)) {
         ctx->sh = octx->sh;
         ctx->shpool = octx->shpool;
         return NGX_OK;
@@ -102,7 +123,7 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 
     ctx->shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
-    if (zone->shm.exists) {
+    if (zone->shm.exists && octx == NULL) {
         ctx->sh = ctx->shpool->data;
         return NGX_OK;
     }
@@ -112,7 +133,14 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
         return NGX_ERROR;
     }
 
+    ctx->sh->size = sizeof(ngx_http_dato_shctx_t);
     ctx->shpool->data = ctx->sh;
+
+    if (octx) {
+
+        /* the old layout is left where it is: a few KB, until a restart */
+        return NGX_OK;
+    }
 
     len = sizeof(" in dato zone \"\"") + zone->shm.name.len;
 
@@ -243,4 +271,222 @@ ngx_http_dato_bucket(ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate)
     }
 
     return bucket;
+}
+
+
+void
+ngx_http_dato_stat_add(ngx_shm_zone_t *zone, ngx_uint_t stat,
+    ngx_atomic_int_t n)
+{
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+
+    (void) ngx_atomic_fetch_add(&ctx->sh->stats[stat], n);
+}
+
+
+ngx_uint_t
+ngx_http_dato_stat_rejected(ngx_uint_t status)
+{
+    switch (status) {
+    case 400:
+        return NGX_HTTP_DATO_REJECTED_400;
+    case 405:
+        return NGX_HTTP_DATO_REJECTED_405;
+    case 413:
+        return NGX_HTTP_DATO_REJECTED_413;
+    case 415:
+        return NGX_HTTP_DATO_REJECTED_415;
+    case 422:
+        return NGX_HTTP_DATO_REJECTED_422;
+    case 503:
+        return NGX_HTTP_DATO_REJECTED_503;
+    default:
+        return NGX_HTTP_DATO_REJECTED_500;
+    }
+}
+
+
+/* counts a call by outcome; an error is kept as the last API error */
+
+void
+ngx_http_dato_stat_call(ngx_shm_zone_t *zone, ngx_uint_t base,
+    ngx_uint_t status, ngx_str_t *code)
+{
+    ngx_uint_t                outcome;
+    ngx_http_dato_shctx_t    *sh;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    if (status == 0) {
+        outcome = NGX_HTTP_DATO_CALL_NETWORK;
+
+    } else if (status < 300 || (base == NGX_HTTP_DATO_CALLS_JOB
+                                && status == 404))
+    {
+        outcome = NGX_HTTP_DATO_CALL_SUCCESS;
+
+    } else if (status == 429) {
+        outcome = NGX_HTTP_DATO_CALL_RATE_LIMITED;
+
+    } else if (status < 500) {
+        outcome = NGX_HTTP_DATO_CALL_CLIENT_ERROR;
+
+    } else {
+        outcome = NGX_HTTP_DATO_CALL_SERVER_ERROR;
+    }
+
+    ngx_http_dato_stat_add(zone, base + outcome, 1);
+
+    if (outcome == NGX_HTTP_DATO_CALL_SUCCESS) {
+        return;
+    }
+
+    ctx = zone->data;
+    sh = ctx->sh;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    sh->error_status = status;
+    sh->error_code_len = code ? ngx_min(code->len, sizeof(sh->error_code))
+                              : 0;
+    if (sh->error_code_len) {
+        ngx_memcpy(sh->error_code, code->data, sh->error_code_len);
+    }
+
+    sh->error_time = ngx_time();
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+void
+ngx_http_dato_stat_latency(ngx_shm_zone_t *zone, ngx_uint_t which,
+    ngx_msec_t ms)
+{
+    ngx_uint_t                  i;
+    ngx_http_dato_shm_ctx_t    *ctx;
+    ngx_http_dato_histogram_t  *h;
+
+    ctx = zone->data;
+    h = &ctx->sh->latency[which];
+
+    (void) ngx_atomic_fetch_add(&h->count, 1);
+    (void) ngx_atomic_fetch_add(&h->sum_ms, ms);
+
+    /* buckets are kept apart here and made cumulative on the page */
+
+    for (i = 0; i < NGX_HTTP_DATO_LATENCY_BUCKETS; i++) {
+        if (ms <= ngx_http_dato_latency_bounds[i]) {
+            (void) ngx_atomic_fetch_add(&h->buckets[i], 1);
+            break;
+        }
+    }
+}
+
+
+/* a job that has just been given (status 0) or that has just finished */
+
+void
+ngx_http_dato_stat_job(ngx_shm_zone_t *zone, ngx_str_t *id,
+    ngx_uint_t records, ngx_uint_t status, ngx_uint_t successful,
+    ngx_uint_t failed)
+{
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_http_dato_shctx_t     *sh;
+    ngx_http_dato_shm_ctx_t   *ctx;
+    ngx_http_dato_last_job_t  *job;
+
+    ctx = zone->data;
+    sh = ctx->sh;
+    len = ngx_min(id->len, sizeof(job->id));
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    job = NULL;
+
+    if (status) {
+        for (i = 0; i < NGX_HTTP_DATO_LAST_JOBS; i++) {
+            if (sh->jobs[i].id_len == len
+                && ngx_memcmp(sh->jobs[i].id, id->data, len) == 0)
+            {
+                job = &sh->jobs[i];
+                break;
+            }
+        }
+    }
+
+    if (job == NULL) {
+        job = &sh->jobs[sh->next_job];
+        sh->next_job = (sh->next_job + 1) % NGX_HTTP_DATO_LAST_JOBS;
+
+        ngx_memzero(job, sizeof(ngx_http_dato_last_job_t));
+        ngx_memcpy(job->id, id->data, len);
+        job->id_len = len;
+        job->records = records;
+        job->sent = ngx_time();
+    }
+
+    if (status) {
+        job->status = status;
+        job->successful = successful;
+        job->failed = failed;
+        job->done = ngx_time();
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+void
+ngx_http_dato_shm_snapshot(ngx_shm_zone_t *zone,
+    ngx_http_dato_snapshot_t *snap)
+{
+    ngx_msec_t                now, pause;
+    ngx_uint_t                i, j;
+    ngx_http_dato_shctx_t    *sh;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+    sh = ctx->sh;
+    now = ngx_current_msec;
+
+    ngx_memzero(snap, sizeof(ngx_http_dato_snapshot_t));
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_DATO_STATS; i++) {
+        snap->stats[i] = sh->stats[i];
+    }
+
+    ngx_memcpy(snap->latency, sh->latency, sizeof(snap->latency));
+
+    /* newest first */
+
+    for (i = 0; i < NGX_HTTP_DATO_LAST_JOBS; i++) {
+        j = (sh->next_job + NGX_HTTP_DATO_LAST_JOBS - 1 - i)
+            % NGX_HTTP_DATO_LAST_JOBS;
+
+        if (sh->jobs[j].id_len == 0) {
+            break;
+        }
+
+        snap->jobs[snap->njobs++] = sh->jobs[j];
+    }
+
+    snap->error_status = sh->error_status;
+    snap->error_code_len = sh->error_code_len;
+    ngx_memcpy(snap->error_code, sh->error_code, sh->error_code_len);
+    snap->error_time = sh->error_time;
+
+    for (i = 0; i < sh->nbuckets; i++) {
+        pause = sh->buckets[i].paused_until;
+
+        if ((ngx_msec_int_t) (pause - now) > 0 && pause - now > snap->pause) {
+            snap->pause = pause - now;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
 }
