@@ -3,6 +3,7 @@
 #   make          build build/ngx_http_dato_module.so
 #   make test     install what is missing, build, run the test suite
 #   make run      install what is missing, build, run nginx in the foreground
+#   make deb      build the Debian package libnginx-mod-http-dato
 
 SHELL      := /bin/bash
 NGX_SRC    ?= /usr/share/nginx/src
@@ -20,7 +21,7 @@ PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
               perl curl
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test run clean
+.PHONY: all deps test run clean deb test-deb
 
 all: $(MODULE)
 
@@ -65,6 +66,14 @@ run: deps
 	$(MAKE) all
 	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX_BIN=$(NGINX) \
 	    MODULE=$(MODULE) sh t/run.sh
+
+# Debian package: build/deb/libnginx-mod-http-dato_<version>_<arch>.deb
+deb:
+	bash t/deb/build.sh
+
+# builds, installs, tests and purges the package (root; changes the system)
+test-deb:
+	DATO_TEST_DEB=1 prove -v t/08-deb.t
 
 clean:
 	rm -rf $(BUILD)
