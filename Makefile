@@ -18,7 +18,7 @@ CFLAGS_EXTRA ?=
 LDFLAGS_EXTRA ?=
 
 PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
-              perl curl
+              perl curl prometheus
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps test run clean deb test-deb
