@@ -56,7 +56,9 @@ $(OBJS)/Makefile: config
 
 $(MODULE): $(OBJS)/Makefile $(SOURCES)
 	$(MAKE) -s -f $(OBJS)/Makefile -C $(SRCCOPY) modules
-	cp $(OBJS)/ngx_http_dato_module.so $(MODULE)
+	@# a rename, so that a running nginx keeps the file it has mapped
+	cp $(OBJS)/ngx_http_dato_module.so $(MODULE).tmp
+	mv -f $(MODULE).tmp $(MODULE)
 
 test: deps
 	$(MAKE) all

@@ -38,6 +38,8 @@ static char *ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_dato_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dato_exit_process(ngx_cycle_t *cycle);
 
@@ -83,6 +85,27 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, job_timeout),
+      NULL },
+
+    { ngx_string("dato_api_ca_file"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dato_loc_conf_t, ca_file),
+      NULL },
+
+    { ngx_string("dato_max_records"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dato_loc_conf_t, max_records),
+      NULL },
+
+    { ngx_string("dato_webhook_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_dato_webhook_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("dato_api_token"),
@@ -292,6 +315,9 @@ ngx_http_dato_create_loc_conf(ngx_conf_t *cf)
      *     conf->api_url = { 0, NULL };
      *     conf->token = { 0, NULL };
      *     conf->environment = { 0, NULL };
+     *     conf->ca_file = { 0, NULL };
+     *     conf->secret_header = { 0, NULL };
+     *     conf->secret = { 0, NULL };
      *     conf->target = NULL;
      */
 
@@ -300,6 +326,7 @@ ngx_http_dato_create_loc_conf(ngx_conf_t *cf)
     conf->rate_limit = NGX_CONF_UNSET_UINT;
     conf->rate_period = NGX_CONF_UNSET_MSEC;
     conf->job_poll = NGX_CONF_UNSET;
+    conf->max_records = NGX_CONF_UNSET_UINT;
     conf->job_timeout = NGX_CONF_UNSET_MSEC;
     conf->batch_size = NGX_CONF_UNSET_UINT;
     conf->batch_window = NGX_CONF_UNSET_MSEC;
@@ -318,6 +345,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dato_loc_conf_t *conf = child;
 
     char                       *rv;
+    ngx_file_info_t             fi;
     ngx_http_dato_target_t     *target;
     ngx_http_dato_main_conf_t  *dmcf;
 
@@ -331,6 +359,13 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->rate_limit, prev->rate_limit, 50);
     ngx_conf_merge_msec_value(conf->rate_period, prev->rate_period, 3000);
     ngx_conf_merge_value(conf->job_poll, prev->job_poll, 1);
+    ngx_conf_merge_str_value(conf->ca_file, prev->ca_file, "");
+    ngx_conf_merge_uint_value(conf->max_records, prev->max_records, 5000);
+
+    if (conf->secret_header.data == NULL) {
+        conf->secret_header = prev->secret_header;
+        conf->secret = prev->secret;
+    }
     ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
     ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 500);
@@ -383,6 +418,21 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
 
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->ca_file.len) {
+        if (ngx_conf_full_name(cf->cycle, &conf->ca_file, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_file_info(conf->ca_file.data, &fi) == NGX_FILE_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_file_info_n " \"%V\" failed",
+                               &conf->ca_file);
+            return NGX_CONF_ERROR;
+        }
+
+        target->client.ca_file = conf->ca_file;
     }
 
     target->client.timeout = conf->api_timeout;
@@ -623,6 +673,32 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         dlcf->events |= bit;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/* dato_webhook_secret X-Webhook-Secret value; */
+
+static char *
+ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->secret_header.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[2].len == 0) {
+        return "needs a header name and a value";
+    }
+
+    dlcf->secret_header = value[1];
+    dlcf->secret = value[2];
 
     return NGX_CONF_OK;
 }

@@ -56,6 +56,13 @@ typedef struct {
     ngx_msec_t                    rate_period;
     ngx_flag_t                    job_poll;
     ngx_msec_t                    job_timeout;
+    ngx_str_t                     ca_file;
+
+    ngx_uint_t                    max_records;
+
+    /* dato_webhook_secret: the header a call must carry, and its value */
+    ngx_str_t                     secret_header;
+    ngx_str_t                     secret;
 
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;

@@ -31,6 +31,8 @@ static ngx_int_t ngx_http_dato_publish(ngx_http_request_t *r,
 static ngx_int_t ngx_http_dato_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_dato_json_type(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dato_check_secret(ngx_http_request_t *r,
+    ngx_http_dato_loc_conf_t *dlcf);
 static void ngx_http_dato_wake(ngx_http_dato_waiter_t *w);
 static void ngx_http_dato_wait_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dato_answer(ngx_http_request_t *r,
@@ -65,9 +67,30 @@ ngx_http_variable_t  ngx_http_dato_variables[] = {
 ngx_int_t
 ngx_http_dato_handler(ngx_http_request_t *r)
 {
-    ngx_int_t  rc;
+    ngx_int_t                  rc;
+    ngx_http_dato_loc_conf_t  *dlcf;
 
     ngx_http_dato_count(r, NGX_HTTP_DATO_WEBHOOKS_RECEIVED);
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
+
+    if (dlcf->secret_header.len
+        && ngx_http_dato_check_secret(r, dlcf) != NGX_OK)
+    {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "dato: webhook without the right \"%V\" header",
+                      &dlcf->secret_header);
+
+        return ngx_http_dato_error(r, NGX_HTTP_UNAUTHORIZED, "unauthorized",
+                                   "the webhook secret is missing or wrong",
+                                   NULL);
+    }
 
     if (!(r->method & NGX_HTTP_POST)) {
         rc = ngx_http_discard_request_body(r);
@@ -124,7 +147,8 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_dato_parse((char *) body.data, body.len, dlcf->events, 0, &res);
+    ngx_http_dato_parse((char *) body.data, body.len, dlcf->events,
+                        dlcf->max_records, &res);
 
     switch (res.status) {
 
@@ -549,6 +573,55 @@ ngx_http_dato_add_header(ngx_http_request_t *r, const char *name,
     h->value.len = ngx_strlen(value);
 
     return NGX_OK;
+}
+
+
+/*
+ * The shared secret of dato_webhook_secret, compared in constant time so
+ * that the time of a refusal does not tell how much of a guess was right
+ */
+
+static ngx_int_t
+ngx_http_dato_check_secret(ngx_http_request_t *r,
+    ngx_http_dato_loc_conf_t *dlcf)
+{
+    u_char            diff;
+    ngx_uint_t        i, j, n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NGX_DECLINED;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == dlcf->secret_header.len
+            && ngx_strncasecmp(h[i].key.data, dlcf->secret_header.data,
+                               h[i].key.len) == 0)
+        {
+            break;
+        }
+    }
+
+    n = dlcf->secret.len;
+    diff = (h[i].value.len != n);
+
+    for (j = 0; j < n; j++) {
+        diff |= dlcf->secret.data[j]
+                ^ (j < h[i].value.len ? h[i].value.data[j] : 0);
+    }
+
+    return diff ? NGX_DECLINED : NGX_OK;
 }
 
 

@@ -292,6 +292,8 @@ ngx_http_dato_stat_rejected(ngx_uint_t status)
     switch (status) {
     case 400:
         return NGX_HTTP_DATO_REJECTED_400;
+    case 401:
+        return NGX_HTTP_DATO_REJECTED_401;
     case 405:
         return NGX_HTTP_DATO_REJECTED_405;
     case 413:
