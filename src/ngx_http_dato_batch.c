@@ -69,6 +69,9 @@ struct ngx_http_dato_batch_s {
     ngx_uint_t                    attempts;
     ngx_uint_t                    state;
 
+    /* the call log slot of the call out, see ngx_http_dato_rate_acquire() */
+    ngx_uint_t                    slot;
+
     /* the answer: a job, its result, or why the batch failed */
     ngx_str_t                     job;
     ngx_uint_t                    job_status;
@@ -431,7 +434,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
         ngx_del_timer(&batch->timer);
     }
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate);
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot);
 
     if (wait) {
 
@@ -475,6 +478,10 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
                                       &batch->env, batch->ids, batch->nids,
                                       ngx_http_dato_batch_answer, batch,
                                       b->log);
+
+    if (rc != NGX_OK) {
+        ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
+    }
 
     if (rc == NGX_DECLINED) {
         ngx_http_dato_batch_give_up(batch, 0, NULL,
@@ -530,6 +537,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
+
+    ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
 
     if (batch->timer.timer_set) {
         ngx_del_timer(&batch->timer);
@@ -654,7 +663,7 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
 
     /* polls count against the API's limit like every other call */
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate);
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot);
 
     if (wait) {
         ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
@@ -666,6 +675,7 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
                                   ngx_http_dato_batch_polled, batch, b->log);
 
     if (rc != NGX_OK) {
+        ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
         ngx_add_timer(&batch->timer, batch->poll_delay);
         return;
     }
@@ -684,6 +694,8 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
 
     b = batch->batcher;
     batch->polling = 0;
+
+    ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
 
     if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
         ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO,

@@ -14,10 +14,14 @@
 #define NGX_HTTP_DATO_BUCKETS    16
 
 /*
- * a call is stamped when it leaves and counted by the API when it lands:
- * the difference, kept as slack, must not let two periods overlap there
+ * A call lands at the API somewhere between when it left and when its
+ * answer came back.  So a slot of the call log is stamped with the time
+ * the answer came: a new call may leave once the call "limit" calls ago
+ * was answered a whole period before, whatever the latency was on the way.
+ * A slot still out longer than this is taken as answered then (a worker
+ * that died with a call out must not block the log forever).
  */
-#define NGX_HTTP_DATO_RATE_SLACK  50
+#define NGX_HTTP_DATO_RATE_OUT_MAX  60000
 
 
 typedef struct {
@@ -26,8 +30,12 @@ typedef struct {
     ngx_msec_t                    paused_until;
     ngx_uint_t                    next;
 
-    /* when the last "limit" calls left, oldest at "next"; 0 is unused */
+    /*
+     * the last "limit" calls, oldest at "next": when each was answered,
+     * or, while "out" is set, when it left; 0 is unused
+     */
     ngx_msec_t                    sent[NGX_HTTP_DATO_RATE_MAX];
+    u_char                        out[NGX_HTTP_DATO_RATE_MAX];
 } ngx_http_dato_bucket_t;
 
 
@@ -157,12 +165,13 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 
 
 /*
- * 0 when a call may leave now (and it is counted), or how many ms to wait:
- * at most "limit" calls in any "period", none while a 429 pause lasts
+ * 0 when a call may leave now (it takes "slot", to be released when the
+ * call is answered), or how many ms to wait: at most "limit" calls in any
+ * "period", none while a 429 pause lasts
  */
 
 ngx_msec_t
-ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate)
+ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot)
 {
     ngx_msec_t                now, oldest, wait;
     ngx_http_dato_bucket_t   *bucket;
@@ -182,15 +191,29 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate)
 
     oldest = bucket->sent[bucket->next];
 
-    if (oldest
-        && (ngx_msec_int_t) (now - oldest)
-           < (ngx_msec_int_t) (rate->period + NGX_HTTP_DATO_RATE_SLACK))
+    if (bucket->out[bucket->next]) {
+        if ((ngx_msec_int_t) (now - oldest) < NGX_HTTP_DATO_RATE_OUT_MAX) {
+
+            /* not answered yet: its period has not even begun */
+
+            wait = ngx_min(rate->period, 100);
+            goto done;
+        }
+
+        oldest += NGX_HTTP_DATO_RATE_OUT_MAX;
+    }
+
+    if (oldest && (ngx_msec_int_t) (now - oldest)
+                  < (ngx_msec_int_t) rate->period)
     {
-        wait = rate->period + NGX_HTTP_DATO_RATE_SLACK - (now - oldest);
+        wait = rate->period - (now - oldest);
         goto done;
     }
 
+    *slot = bucket->next;
+
     bucket->sent[bucket->next] = now;
+    bucket->out[bucket->next] = 1;
     bucket->next = (bucket->next + 1) % bucket->limit;
     wait = 0;
 
@@ -199,6 +222,29 @@ done:
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
     return wait;
+}
+
+
+/* the call of "slot" was answered, or failed: its period starts now */
+
+void
+ngx_http_dato_rate_release(ngx_http_dato_rate_t *rate, ngx_uint_t slot)
+{
+    ngx_http_dato_bucket_t   *bucket;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = rate->zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    bucket = ngx_http_dato_bucket(ctx, rate);
+
+    if (slot < bucket->limit && bucket->out[slot]) {
+        bucket->sent[slot] = ngx_current_msec;
+        bucket->out[slot] = 0;
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
 }
 
 
@@ -264,6 +310,7 @@ ngx_http_dato_bucket(ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate)
 
         for (i = 0; i < rate->limit; i++) {
             bucket->sent[i] = ngx_current_msec;
+            bucket->out[i] = 0;
         }
 
         bucket->limit = rate->limit;
