@@ -689,6 +689,7 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
 {
     ngx_http_dato_batch_t *batch = data;
 
+    ngx_msec_t                left;
     ngx_uint_t                level;
     ngx_http_dato_batcher_t  *b;
 
@@ -738,7 +739,13 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
     batch->poll_delay = ngx_min(batch->poll_delay * 2,
                                 NGX_HTTP_DATO_POLL_MAX);
 
-    ngx_add_timer(&batch->timer, batch->poll_delay);
+    /* the last poll comes at dato_job_timeout, not a long interval after */
+
+    left = batch->target->job_timeout - (ngx_current_msec - batch->accepted);
+
+    ngx_add_timer(&batch->timer,
+                  (ngx_msec_int_t) left > 0 ? ngx_min(batch->poll_delay, left)
+                                            : 0);
 }
 
 

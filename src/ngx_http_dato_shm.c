@@ -67,6 +67,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data);
+static ngx_msec_t ngx_http_dato_shm_now(void);
 static ngx_http_dato_bucket_t *ngx_http_dato_bucket(
     ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate);
 
@@ -178,7 +179,7 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot)
     ngx_http_dato_shm_ctx_t  *ctx;
 
     ctx = rate->zone->data;
-    now = ngx_current_msec;
+    now = ngx_http_dato_shm_now();
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -240,7 +241,7 @@ ngx_http_dato_rate_release(ngx_http_dato_rate_t *rate, ngx_uint_t slot)
     bucket = ngx_http_dato_bucket(ctx, rate);
 
     if (slot < bucket->limit && bucket->out[slot]) {
-        bucket->sent[slot] = ngx_current_msec;
+        bucket->sent[slot] = ngx_http_dato_shm_now();
         bucket->out[slot] = 0;
     }
 
@@ -267,6 +268,26 @@ ngx_http_dato_rate_pause(ngx_http_dato_rate_t *rate, ngx_msec_t ms)
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/*
+ * ngx_current_msec is as old as the event loop's iteration; the call log
+ * wants the time now, on the same clock
+ */
+
+static ngx_msec_t
+ngx_http_dato_shm_now(void)
+{
+#if (NGX_HAVE_CLOCK_MONOTONIC)
+    struct timespec  ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+        return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+#endif
+
+    return ngx_current_msec;
 }
 
 

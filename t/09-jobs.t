@@ -1,0 +1,440 @@
+#!/usr/bin/perl
+
+# Following jobs to their end: GET /job-results/ID with a growing interval,
+# the log lines of finished, failed and unfinished jobs, dato_job_poll off,
+# dato_publish_wait result, polls under the rate limit, and the variables
+# $dato_job_ids and $dato_records in an access log.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes ();
+use POSIX ();
+use DatoTest;
+
+my $CT = { 'Content-Type' => 'application/json' };
+
+sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
+
+sub publishes_of {
+    my ($tt, @ids) = @_;
+    my %want = map { $_ => 1 } @ids;
+    my @r = sort { $a->{t} <=> $b->{t} } grep {
+        $_->{method} eq 'POST' && $_->{path} =~ m{^/items/bulk/publish}
+            && grep { $want{$_} } @{ $_->{ids} || [] }
+    } $tt->mock_requests;
+    return wantarray ? @r : scalar @r;
+}
+
+sub polls_of {
+    my ($tt, @jobs) = @_;
+    my %want = map { $_ => 1 } grep { defined } @jobs;
+    my @r = sort { $a->{t} <=> $b->{t} } grep {
+        $_->{method} eq 'GET' && $_->{path} =~ m{^/job-results/(.*)\z} && $want{$1}
+    } $tt->mock_requests;
+    return wantarray ? @r : scalar @r;
+}
+
+# the most calls that landed within any window of $w seconds
+sub max_in_window {
+    my ($w, @reqs) = @_;
+    my @t = sort { $a <=> $b } map { $_->{t} } @reqs;
+    my $max = 0;
+    my $j = 0;
+    for my $i (0 .. $#t) {
+        $j++ while $t[$i] - $t[$j] >= $w;
+        $max = $i - $j + 1 if $i - $j + 1 > $max;
+    }
+    return $max;
+}
+
+# "2024/05/14 09:12:03" -> epoch seconds (local time, as nginx logs)
+sub log_time {
+    my ($s) = @_;
+    my ($y, $mo, $d, $h, $mi, $se) = $s =~ m{^(\d+)/(\d+)/(\d+) (\d+):(\d+):(\d+)}
+        or return 0;
+    return POSIX::mktime($se, $mi, $h, $d, $mo - 1, $y - 1900);
+}
+
+sub body_ids { DatoTest::encode_json({ ids => [@_] }) }
+
+sub post {
+    my ($tt, $path, $body, %a) = @_;
+    return $tt->json_request(method => 'POST', path => $path, body => $body,
+                             headers => $CT, %a);
+}
+
+# queue a fault (if any), post the ids with "wait none", wait until the
+# mock has the bulk call: returns (its job id, the webhook's answer)
+sub publish_none {
+    my ($tt, $path, $fault, @ids) = @_;
+    $tt->mock_faults($fault) if $fault;
+    my $r = post($tt, $path, body_ids(@ids));
+    $tt->wait_for(sub { publishes_of($tt, @ids) }, 5, 0.05);
+    my ($c) = publishes_of($tt, @ids);
+    return (($c && $c->{status} == 202) ? $c->{job} : undef, $r, $c);
+}
+
+###########################################################################
+# the rate-limit scenario runs in its own nginx and mock, alongside the rest
+
+my $rl = DatoTest->new(workers => 1);
+$rl->start_mock('--job-polls', '1');
+$rl->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location /rl {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 50ms;
+            dato_rate_limit 2 2s;
+        }
+    }
+EOF
+
+my @rl_ids = ids_of(9000, 2);
+my $rl_t0 = Time::HiRes::time();
+my $rl_r = post($rl, '/rl', body_ids(@rl_ids));
+
+###########################################################################
+# the main nginx
+
+my $t = DatoTest->new(workers => 1);
+$t->start_mock('--job-polls', '0');
+
+$t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+
+    log_format t '$status $dato_job_ids $dato_records';
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name localhost;
+
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+        }
+
+        location /short {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+            dato_job_timeout 3s;
+        }
+
+        location /nopoll {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+            dato_job_poll off;
+        }
+
+        location /result {
+            dato_publish;
+            dato_publish_wait result;
+            dato_batch_window 100ms;
+            access_log %%TMP%%/access.log t;
+        }
+
+        location /result2s {
+            dato_publish;
+            dato_publish_wait result;
+            dato_batch_window 100ms;
+            dato_publish_timeout 2s;
+        }
+
+        location /vars {
+            dato_publish;
+            dato_publish_wait job;
+            dato_batch_window 200ms;
+            dato_batch_size 2;
+            access_log %%TMP%%/access.log t;
+        }
+
+        location /varsnone {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+            access_log %%TMP%%/access.log t;
+        }
+    }
+EOF
+
+###########################################################################
+# start the background scenarios: each publish in turn, so that the faults
+# go to the right bulk call; their jobs are followed meanwhile
+
+# A: a job that finishes after 2 polls
+my ($idA) = ids_of(100, 1);
+my ($jobA, $rA) = publish_none($t, '/hook', { job => { polls => 2 } }, $idA);
+is($rA->{status}, 202, 'polls: webhook answered 202');
+ok(defined $jobA, 'polls: the mock accepted the bulk call') or diag explain $rA;
+$jobA //= 'none';
+
+# D: a job that never finishes, dato_job_timeout 3s
+my ($idD) = ids_of(400, 1);
+my $markD = $t->log_mark;
+my ($jobD, $rD, $callD) = publish_none($t, '/short', { job => { polls => -1 } }, $idD);
+ok(defined $jobD, 'never: the mock accepted the bulk call');
+$jobD //= 'none';
+my $tD = $callD ? $callD->{t} : Time::HiRes::time();
+
+# E: dato_job_poll off
+my ($idE) = ids_of(500, 1);
+my ($jobE, $rE, $callE) = publish_none($t, '/nopoll', undef, $idE);
+ok(defined $jobE, 'poll off: the mock accepted the bulk call');
+$jobE //= 'none';
+my $tE = $callE ? $callE->{t} : Time::HiRes::time();
+
+# B: a job with failed records
+my @idsB = ids_of(200, 3);
+my ($jobB) = publish_none($t, '/hook', { job => { failed => 2 } }, @idsB);
+ok(defined $jobB, 'failed > 0: the mock accepted the bulk call');
+$jobB //= 'none';
+
+# C: a job whose status is 422
+my ($idC) = ids_of(300, 1);
+my ($jobC) = publish_none($t, '/hook', { job => { status => 422, code => 'INVALID_FIELD' } },
+                          $idC);
+ok(defined $jobC, 'status 422: the mock accepted the bulk call');
+$jobC //= 'none';
+
+###########################################################################
+# dato_publish_wait result
+
+{
+    my ($id) = ids_of(600, 1);
+    my $r = post($t, '/result', DatoTest::webhook(id => $id));
+    my ($c) = publishes_of($t, $id);
+    my $job = $c ? $c->{job} : 'none';
+    is($r->{status}, 200, 'result: 200 when the job finished') or diag $r->{raw};
+    like($r->{headers}{'content-type'} // '', qr{^application/json}, 'result: JSON');
+    is_deeply($r->{json},
+              { data => [ { type => 'job_result', id => $job,
+                            attributes => { status => 200, successful => 1, failed => 0 } } ],
+                meta => { records => 1, status => 'published' } },
+              'result: exact body with the job result') or diag $r->{body};
+    ok($r->{elapsed} >= 0.9,
+       sprintf('result: answered after the first poll (%.3f s)', $r->{elapsed}));
+    my @p = polls_of($t, $job);
+    ok(@p && $p[-1]{status} == 200, 'result: the mock answered the poll 200');
+}
+
+{
+    my @ids = ids_of(700, 2);
+    $t->mock_faults({ job => { failed => 1 } });
+    my $r = post($t, '/result', body_ids(@ids));
+    my ($c) = publishes_of($t, @ids);
+    my $job = $c ? $c->{job} : 'none';
+    is($r->{status}, 502, 'result, failed > 0: 502') or diag $r->{raw};
+    like($r->{headers}{'content-type'} // '', qr{^application/json}, 'result, failed: JSON');
+    my $j = $r->{json} || {};
+    ok(ref $j->{errors} eq 'ARRAY' && @{ $j->{errors} } >= 1
+       && ($j->{errors}[0]{status} // '') eq '502',
+       'result, failed: errors with status "502"') or diag $r->{body};
+    is_deeply($j->{meta}{jobs},
+              [ { type => 'job_result', id => $job,
+                  attributes => { status => 200, successful => 1, failed => 1 } } ],
+              'result, failed: meta.jobs with the counts') or diag $r->{body};
+    is($j->{meta}{records}, 2, 'result, failed: meta.records 2');
+}
+
+{
+    my ($id) = ids_of(800, 1);
+    $t->mock_faults({ job => { polls => -1 } });
+    my $r = post($t, '/result2s', DatoTest::webhook(id => $id));
+    my ($c) = publishes_of($t, $id);
+    my $job = $c ? $c->{job} : 'none';
+    is($r->{status}, 202, 'result, never finishes: 202') or diag $r->{raw};
+    ok($r->{elapsed} >= 1.9 && $r->{elapsed} < 3.5,
+       sprintf('result, never finishes: answered at dato_publish_timeout (%.3f s)',
+               $r->{elapsed}));
+    my $j = $r->{json} || {};
+    is($j->{meta}{status}, 'queued', 'result, never finishes: meta.status queued')
+        or diag $r->{body};
+    is($j->{meta}{records}, 1, 'result, never finishes: meta.records 1');
+    ok((grep { ($_->{id} // '') eq $job } @{ $j->{data} || [] }),
+       'result, never finishes: the answer names the job') or diag $r->{body};
+}
+
+###########################################################################
+# variables in the access log
+
+my ($jobVars, @jobsVars);
+{
+    my @ids = ids_of(1000, 3);
+    my $r = post($t, '/vars', body_ids(@ids));
+    is($r->{status}, 202, 'vars: 2 batches answered 202') or diag $r->{raw};
+    @jobsVars = map { $_->{job} } publishes_of($t, @ids);
+    is(scalar @jobsVars, 2, 'vars: two bulk calls (dato_batch_size 2, 3 ids)');
+
+    my ($id) = ids_of(1100, 1);
+    $r = post($t, '/varsnone', DatoTest::webhook(id => $id));
+    is($r->{status}, 202, 'vars: wait none answered 202');
+
+    my $log = '';
+    $t->wait_for(sub {
+        $log = $t->read_file('access.log') // '';
+        my @l = split /\n/, $log;
+        return @l >= 4;
+    }, 3);
+    my @l = split /\n/, $log;
+    # lines: /result 200, /result 502 (above), then /vars, /varsnone
+    # (/result2s logs nowhere)
+    my @vars = grep { /^202 / } @l;
+    my $want = join ',', @jobsVars;
+    ok((grep { $_ eq "202 $want 3" } @vars),
+       "vars: access log line \"202 $want 3\" (job ids comma separated)")
+        or diag $log;
+    ok((grep { $_ eq '202 - 1' } @vars),
+       'vars: wait none: $dato_records is 1 ($dato_job_ids not known yet)')
+        or diag $log;
+    ok((grep { /^200 \d+ 1\z/ } @l), 'vars: result mode: "200 JOB 1"') or diag $log;
+    ok((grep { /^502 \d+ 2\z/ } @l), 'vars: result mode failed: "502 JOB 2"') or diag $log;
+}
+
+###########################################################################
+# nginx -t: result needs the polls
+
+{
+    my ($rc, $out) = $t->test_conf(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /x { dato_publish; dato_publish_wait result; dato_job_poll off; }
+    }
+EOF
+    isnt($rc, 0, 'nginx -t fails for "dato_publish_wait result; dato_job_poll off;"');
+    like($out, qr/dato_publish_wait result.*dato_job_poll/,
+         'nginx -t names both directives') or diag $out;
+}
+
+###########################################################################
+# A: polling, 404 404 200
+
+{
+    ok($t->wait_for_log(qr/dato: job "\Q$jobA\E" finished/, 10),
+       'polls: the job finished');
+    my @p = polls_of($t, $jobA);
+    is_deeply([ map { $_->{status} } @p ], [404, 404, 200],
+              'polls: 3 GET /job-results/ID answered 404, 404, 200')
+        or diag explain [ map { "$_->{t} $_->{status}" } @p ];
+    for my $i (0 .. $#p) {
+        my $h = $p[$i]{headers};
+        is($p[$i]{path}, "/job-results/$jobA", "polls: #$i path");
+        is($h->{authorization}, 'Bearer test-token', "polls: #$i Authorization");
+        is($h->{accept}, 'application/json', "polls: #$i Accept");
+        is($h->{'x-api-version'}, '3', "polls: #$i X-Api-Version 3");
+    }
+    my ($pub) = publishes_of($t, $idA);
+    if (@p == 3 && $pub) {
+        my @iv = ($p[0]{t} - $pub->{t}, $p[1]{t} - $p[0]{t}, $p[2]{t} - $p[1]{t});
+        my $iv = sprintf('%.3f %.3f %.3f', @iv);
+        ok($iv[0] >= 0.9 && $iv[0] < 1.6, "polls: first poll after ~1 s ($iv)");
+        ok($iv[1] >= 1.9 && $iv[1] < 2.8, "polls: second after ~2 s more ($iv)");
+        ok($iv[2] > $iv[1], "polls: the interval keeps growing ($iv)");
+    } else {
+        fail('polls: intervals') for 1 .. 3;
+    }
+    $t->log_like(qr/\[info\].*dato: job "\Q$jobA\E" finished: status 200, 1 records, 1 successful, 0 failed, \d+\.\d{3} s/,
+                 'polls: info line with the counts');
+    $t->log_unlike(qr/\[warn\].*job "\Q$jobA\E"/, 'polls: no warning for that job');
+    my $n = () = $t->error_log =~ /dato: job "\Q$jobA\E" finished/g;
+    is($n, 1, 'polls: logged once');
+}
+
+###########################################################################
+# B, C: failed jobs are warnings that name their records
+
+{
+    ok($t->wait_for_log(qr/job "\Q$jobB\E" finished/, 5), 'failed > 0: the job finished');
+    my $ids = join ' ', @idsB;
+    $t->log_like(qr/\[warn\].*dato: job "\Q$jobB\E" finished: status 200, 3 records, 1 successful, 2 failed, \d+\.\d{3} s, records \(part 1 of 1\): \Q$ids\E/,
+                 'failed > 0: warn line with the counts naming the 3 records');
+
+    ok($t->wait_for_log(qr/job "\Q$jobC\E" finished/, 5), 'status 422: the job finished');
+    $t->log_like(qr/\[warn\].*dato: job "\Q$jobC\E" finished: status 422, 1 records, 0 successful, \d+ failed, \d+\.\d{3} s, records \(part 1 of 1\): \Q$idC\E/,
+                 'status 422: warn line with status, counts and the record');
+}
+
+###########################################################################
+# D: dato_job_timeout
+
+{
+    ok($t->wait_for_log(qr/job "\Q$jobD\E" of/, 6, $markD), 'never: logged');
+    $t->log_like(qr/\[warn\].*dato: job "\Q$jobD\E" of 1 records did not finish within dato_job_timeout.*records \(part 1 of 1\): \Q$idD\E/,
+                 'never: warn "did not finish within dato_job_timeout" naming the record');
+    my @before = polls_of($t, $jobD);
+    cmp_ok(scalar @before, '>=', 1, 'never: it was polled');
+
+    # when: the log's own clock, to the second
+    my $log = $t->error_log_since($markD);
+    my ($sent) = $log =~ /^(\S+ \S+) \[info\].*records sent, job "\Q$jobD\E"/m;
+    my ($end) = $log =~ /^(\S+ \S+) \[warn\].*job "\Q$jobD\E" of/m;
+    my $waited = (defined $sent && defined $end) ? log_time($end) - log_time($sent) : -1;
+    ok($waited >= 2 && $waited <= 4,
+       "never: given up at about 3 s ($waited s by the log's clock)");
+
+    # had it gone on, the next poll would come 4 s after the one at +3 s
+    my $until = $tD + 8;
+    Time::HiRes::sleep(0.1) while Time::HiRes::time() < $until;
+    my @after = polls_of($t, $jobD);
+    is(scalar @after, scalar @before, 'never: no GET after the warning')
+        or diag explain [ map { sprintf '%.3f %s', $_->{t} - $tD, $_->{status} } @after ];
+    ok(!(grep { $_->{t} > $tD + 3.5 } @after), 'never: no poll after the 3 s deadline')
+        or diag explain [ map { sprintf '%.3f %s', $_->{t} - $tD, $_->{status} } @after ];
+}
+
+###########################################################################
+# E: dato_job_poll off
+
+{
+    my $until = $tE + 2.5;
+    Time::HiRes::sleep(0.1) while Time::HiRes::time() < $until;
+    is(scalar(polls_of($t, $jobE)), 0, 'poll off: no GET /job-results for its job');
+    $t->log_unlike(qr/job "\Q$jobE\E" (?:finished|of)/, 'poll off: no job line');
+}
+
+###########################################################################
+# the rate limit holds polls too
+
+{
+    is($rl_r->{status}, 202, 'rate limit: webhook answered 202');
+    ok($rl->wait_for(sub {
+        my $n = () = $rl->error_log =~ /dato: job "\d+" finished/g;
+        $n >= 2;
+    }, 12), 'rate limit: both jobs finished');
+    my @calls = sort { $a->{t} <=> $b->{t} } $rl->mock_requests;
+    my @pub = grep { $_->{path} eq '/items/bulk/publish' } @calls;
+    my @get = grep { $_->{path} =~ m{^/job-results/} } @calls;
+    is(scalar @pub, 2, 'rate limit: 2 publishes');
+    is(scalar @get, 4, 'rate limit: 4 polls (each job finishes on its 2nd)');
+    is(scalar(grep { $_->{status} == 429 } @calls), 0, 'rate limit: no 429');
+    my $max = max_in_window(2, @calls);
+    cmp_ok($max, '<=', 2, 'rate limit: at most 2 calls (publish + poll) in any 2 s')
+        or diag explain [ map { sprintf '%.3f %s %s', $_->{t} - $rl_t0, $_->{method},
+                                $_->{path} } @calls ];
+    if (@pub && @get) {
+        my $d = $get[0]{t} - $pub[0]{t};
+        ok($d >= 1.95, sprintf('rate limit: the first poll waited for the limit '
+                               . '(%.3f s after the first publish)', $d));
+    } else {
+        fail('rate limit: the first poll waited for the limit');
+    }
+    $rl->done;
+}
+
+$t->done;
+done_testing;
