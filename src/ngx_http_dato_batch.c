@@ -563,9 +563,7 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
         return;
     }
 
-    if (res->status == 0 || res->status == 429 || res->status >= 500
-        || res->transient)
-    {
+    if (res->status == 429 || res->status >= 500 || res->transient) {
         delay = ngx_http_dato_batch_backoff(batch, res);
 
         if (res->status == 429) {
@@ -596,7 +594,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     }
 
     ngx_http_dato_batch_give_up(batch, res->status, &res->code,
-                                "DatoCMS refused the call");
+                                res->status ? "DatoCMS refused the call"
+                                            : "the call cannot succeed");
 }
 
 

@@ -22,6 +22,9 @@ typedef struct {
     ngx_log_t                      *log;
 
     struct curl_slist              *headers;
+
+    /* curl reads CURLOPT_RESOLVE's list during the transfer: kept till end */
+    struct curl_slist              *resolve;
     char                           *body;
     unsigned                        job:1;
 
@@ -292,7 +295,7 @@ ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
     CURL               *easy;
     ngx_int_t           rc;
     ngx_str_t          *h;
-    struct curl_slist  *list, *resolve;
+    struct curl_slist  *list;
 
     list = curl_slist_append(NULL, (char *) cc->authorization.data);
     if (list == NULL) {
@@ -358,14 +361,13 @@ ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
 
         /* curl copies the entry into its DNS cache, where it never expires */
 
-        resolve = curl_slist_append(NULL, (char *) cc->resolve.data);
-        if (resolve == NULL) {
+        call->resolve = curl_slist_append(NULL, (char *) cc->resolve.data);
+        if (call->resolve == NULL) {
             curl_easy_cleanup(easy);
             return NGX_ERROR;
         }
 
-        curl_easy_setopt(easy, CURLOPT_RESOLVE, resolve);
-        curl_slist_free_all(resolve);
+        curl_easy_setopt(easy, CURLOPT_RESOLVE, call->resolve);
     }
 
     rc = ngx_http_dato_curl_start(bridge, easy, ngx_http_dato_client_done,
@@ -460,7 +462,22 @@ ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
         reason = curl_easy_strerror(rc);
 
         call->result.status = 0;
-        call->result.transient = 1;
+
+        /* a peer that fails verification will fail it again: no retries */
+
+        switch (rc) {
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_UNSUPPORTED_PROTOCOL:
+        case CURLE_URL_MALFORMAT:
+            call->result.transient = 0;
+            break;
+
+        default:
+            call->result.transient = 1;
+        }
+
         ngx_http_dato_client_set(&call->result.code, call->result.code_buf,
                                  NGX_HTTP_DATO_CODE_LEN, reason,
                                  ngx_strlen(reason));
@@ -652,6 +669,10 @@ ngx_http_dato_client_free(ngx_http_dato_client_call_t *call)
 {
     if (call->headers) {
         curl_slist_free_all(call->headers);
+    }
+
+    if (call->resolve) {
+        curl_slist_free_all(call->resolve);
     }
 
     if (call->body) {

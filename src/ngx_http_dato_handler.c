@@ -690,18 +690,33 @@ ngx_http_dato_read_body(ngx_http_request_t *r, ngx_str_t *body)
         return NGX_OK;
     }
 
-    cl = r->request_body->bufs;
+    /*
+     * nginx may end the chain with an empty buffer, in memory or not:
+     * such buffers are skipped, and a body in one buffer is not copied
+     */
 
-    if (cl->next == NULL && ngx_buf_in_memory(cl->buf)) {
-        body->data = cl->buf->pos;
-        body->len = cl->buf->last - cl->buf->pos;
+    len = 0;
+    b = NULL;
+    n = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        if (ngx_buf_size(cl->buf) == 0) {
+            continue;
+        }
+
+        len += ngx_buf_size(cl->buf);
+        b = cl->buf;
+        n++;
+    }
+
+    if (n == 0) {
         return NGX_OK;
     }
 
-    len = 0;
-
-    for ( /* void */ ; cl; cl = cl->next) {
-        len += ngx_buf_size(cl->buf);
+    if (n == 1 && ngx_buf_in_memory(b)) {
+        body->data = b->pos;
+        body->len = b->last - b->pos;
+        return NGX_OK;
     }
 
     p = ngx_pnalloc(r->pool, len);
@@ -713,6 +728,10 @@ ngx_http_dato_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
+
+        if (ngx_buf_size(b) == 0) {
+            continue;
+        }
 
         if (ngx_buf_in_memory(b)) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);

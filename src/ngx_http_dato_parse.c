@@ -178,7 +178,9 @@ ngx_http_dato_parse_webhook(json_t *root, unsigned events,
     entity = json_object_get(root, "entity");
     id = json_object_get(entity, "id");
 
-    if (!json_is_object(entity) || id == NULL) {
+    /* one webhook, one record: "id" is a string, never a list */
+
+    if (!json_is_object(entity) || id == NULL || json_is_array(id)) {
         return ngx_http_dato_fail(res, NGX_HTTP_DATO_PARSE_INVALID,
                                   "invalid webhook",
                                   "\"entity\" must be an object with an "
