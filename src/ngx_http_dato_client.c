@@ -45,6 +45,8 @@ static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
     size_t size, const char *src, size_t len);
 static char *ngx_http_dato_client_body(ngx_http_dato_id_t *ids,
     ngx_uint_t n);
+static ngx_http_dato_client_call_t *ngx_http_dato_client_call(
+    ngx_http_dato_client_done_pt done, void *data, ngx_log_t *log);
 static ngx_int_t ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, const char *url,
     ngx_http_dato_client_call_t *call);
@@ -172,7 +174,8 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
         return NGX_CONF_OK;
     }
 
-    size = u.host.len + sizeof(":65535:") + u.naddrs * (NGX_SOCKADDR_STRLEN + 3);
+    size = u.host.len + sizeof(":65535:")
+           + u.naddrs * (NGX_SOCKADDR_STRLEN + 3);
 
     cc->resolve.data = ngx_pnalloc(cf->pool, size);
     if (cc->resolve.data == NULL) {
@@ -213,16 +216,10 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     ngx_int_t                     rc;
     ngx_http_dato_client_call_t  *call;
 
-    call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
+    call = ngx_http_dato_client_call(done, data, log);
     if (call == NULL) {
         return NGX_ERROR;
     }
-
-    ngx_memzero(call, offsetof(ngx_http_dato_client_call_t, answer));
-
-    call->done = done;
-    call->data = data;
-    call->log = log;
 
     call->body = ngx_http_dato_client_body(ids, n);
     if (call->body == NULL) {
@@ -252,16 +249,11 @@ ngx_http_dato_client_job(ngx_http_dato_curl_t *bridge,
     ngx_int_t                     rc;
     ngx_http_dato_client_call_t  *call;
 
-    call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
+    call = ngx_http_dato_client_call(done, data, log);
     if (call == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memzero(call, offsetof(ngx_http_dato_client_call_t, answer));
-
-    call->done = done;
-    call->data = data;
-    call->log = log;
     call->job = 1;
 
     url = ngx_alloc(cc->base_url.len + sizeof("/job-results/") + job->len,
@@ -283,6 +275,29 @@ ngx_http_dato_client_job(ngx_http_dato_curl_t *bridge,
     }
 
     return rc;
+}
+
+
+static ngx_http_dato_client_call_t *
+ngx_http_dato_client_call(ngx_http_dato_client_done_pt done, void *data,
+    ngx_log_t *log)
+{
+    ngx_http_dato_client_call_t  *call;
+
+    call = ngx_alloc(sizeof(ngx_http_dato_client_call_t), log);
+    if (call == NULL) {
+        return NULL;
+    }
+
+    /* the answer buffer needs no zeroing: its length is */
+
+    ngx_memzero(call, offsetof(ngx_http_dato_client_call_t, answer));
+
+    call->done = done;
+    call->data = data;
+    call->log = log;
+
+    return call;
 }
 
 

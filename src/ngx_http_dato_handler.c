@@ -505,31 +505,7 @@ ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
 static ngx_int_t
 ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
 {
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    if (root == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
-        json_decref(root);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last += json_dumpb(root, (char *) b->pos, len, JSON_COMPACT);
-    *b->last++ = '\n';
-    json_decref(root);
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
+    ngx_buf_t  *b;
 
     if (status == NGX_HTTP_DATO_PARSE_INVALID) {
 
@@ -537,8 +513,56 @@ ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
         ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
     }
 
+    b = ngx_http_dato_json_buf(r->pool, root);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_dato_output(r, status, "application/json", b);
+}
+
+
+/* the JSON document, compact, with a final newline; gives up root */
+
+ngx_buf_t *
+ngx_http_dato_json_buf(ngx_pool_t *pool, json_t *root)
+{
+    size_t      len;
+    ngx_buf_t  *b;
+
+    if (root == NULL) {
+        return NULL;
+    }
+
+    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
+
+    b = ngx_create_temp_buf(pool, len + 1);
+
+    if (b) {
+        b->last += json_dumpb(root, (char *) b->pos, len, JSON_COMPACT);
+        *b->last++ = '\n';
+    }
+
+    json_decref(root);
+
+    return b;
+}
+
+
+ngx_int_t
+ngx_http_dato_output(ngx_http_request_t *r, ngx_uint_t status, char *type,
+    ngx_buf_t *b)
+{
+    ngx_int_t     rc;
+    ngx_chain_t   out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type.data = (u_char *) type;
+    r->headers_out.content_type.len = ngx_strlen(type);
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
 
 
@@ -161,10 +162,10 @@ static const char  *ngx_http_dato_histograms[][3] = {
 ngx_int_t
 ngx_http_dato_status_handler(ngx_http_request_t *r)
 {
+    char                       *type;
     ngx_int_t                   rc;
     ngx_str_t                   format;
     ngx_buf_t                  *b;
-    ngx_chain_t                 out;
     ngx_http_dato_snapshot_t   *snap;
     ngx_http_dato_main_conf_t  *dmcf;
 
@@ -192,35 +193,18 @@ ngx_http_dato_status_handler(ngx_http_request_t *r)
         && ngx_strncmp(format.data, "prometheus", 10) == 0)
     {
         b = ngx_http_dato_status_prometheus(r, snap);
-        ngx_str_set(&r->headers_out.content_type,
-                    "text/plain; version=0.0.4; charset=utf-8");
+        type = "text/plain; version=0.0.4; charset=utf-8";
 
     } else {
         b = ngx_http_dato_status_json(r, snap);
-        ngx_str_set(&r->headers_out.content_type, "application/json");
+        type = "application/json";
     }
 
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_dato_output(r, NGX_HTTP_OK, type, b);
 }
 
 
@@ -228,10 +212,8 @@ static ngx_buf_t *
 ngx_http_dato_status_json(ngx_http_request_t *r,
     ngx_http_dato_snapshot_t *snap)
 {
-    size_t                     len;
     json_t                    *root, *jobs, *job, *v;
     time_t                     now;
-    ngx_buf_t                 *b;
     ngx_uint_t                 i;
     ngx_atomic_uint_t          n;
     ngx_http_dato_metric_t    *m;
@@ -296,20 +278,7 @@ ngx_http_dato_status_json(ngx_http_request_t *r,
         ngx_http_dato_status_set(root, "last_api_error", json_null());
     }
 
-    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
-        json_decref(root);
-        return NULL;
-    }
-
-    b->last += json_dumpb(root, (char *) b->pos, len, JSON_COMPACT);
-    *b->last++ = '\n';
-
-    json_decref(root);
-
-    return b;
+    return ngx_http_dato_json_buf(r->pool, root);
 }
 
 
