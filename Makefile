@@ -18,10 +18,10 @@ CFLAGS_EXTRA ?=
 LDFLAGS_EXTRA ?=
 
 PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
-              perl curl prometheus
+              perl curl prometheus valgrind openssl
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test run clean deb test-deb
+.PHONY: all deps test run clean deb test-deb test-src valgrind
 
 all: $(MODULE)
 
@@ -68,6 +68,15 @@ run: deps
 	$(MAKE) all
 	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX_BIN=$(NGINX) \
 	    MODULE=$(MODULE) sh t/run.sh
+
+# the suite with nginx under valgrind memcheck
+valgrind: deps
+	$(MAKE) all
+	TEST_NGINX_USE_VALGRIND=1 prove -r t/
+
+# nginx built from a source tree, module dynamic and built in
+test-src:
+	sh t/srcbuild.sh
 
 # Debian package: build/deb/libnginx-mod-http-dato_<version>_<arch>.deb
 deb:

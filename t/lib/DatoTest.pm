@@ -16,7 +16,8 @@ package DatoTest;
 #   is($r->{status}, 202);
 #   $t->done; done_testing;
 #
-# Environment: TEST_NGINX_BINARY, DATO_MODULE, TEST_NGINX_LEAVE (keep the temp
+# Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
+# nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
 # dir), TEST_NGINX_USE_VALGRIND, TEST_NGINX_MASTER=off,
 # TEST_NGINX_VALGRIND_ALL_LEAKS.
 
@@ -61,7 +62,10 @@ sub new {
 
     my $self = bless {
         workers  => $opts{workers} // 1,
-        no_module => $opts{no_module} ? 1 : 0,
+        # DATO_MODULE=static: an nginx with the module built in
+        # (--add-module) needs no load_module line
+        no_module => ($opts{no_module}
+                      || ($ENV{DATO_MODULE} // '') eq 'static') ? 1 : 0,
         valgrind => exists $opts{valgrind} ? $opts{valgrind}
                                            : ($ENV{TEST_NGINX_USE_VALGRIND} ? 1 : 0),
         nginx    => $opts{nginx} // $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx',
