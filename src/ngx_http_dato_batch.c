@@ -130,6 +130,7 @@ static void ngx_http_dato_batch_answer(void *data,
     ngx_http_dato_client_result_t *res);
 static void ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
     ngx_str_t *job);
+static ngx_int_t ngx_http_dato_valid_job(ngx_str_t *job);
 static void ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_polled(void *data,
     ngx_http_dato_client_result_t *res);
@@ -620,7 +621,8 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
     ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_ID,
                                batch->accepted - batch->opened);
 
-    if (!batch->target->job_poll || batch->job.len == 0
+    if (!batch->target->job_poll
+        || !ngx_http_dato_valid_job(&batch->job)
         || b->jobs >= NGX_HTTP_DATO_JOBS_MAX || b->aborted)
     {
         ngx_http_dato_batch_notify(batch, 1);
@@ -641,6 +643,32 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
 
     batch->timer.cancelable = 1;
     ngx_add_timer(&batch->timer, batch->poll_delay);
+}
+
+
+/* the job ID goes into a URL path: only the characters IDs are made of */
+
+static ngx_int_t
+ngx_http_dato_valid_job(ngx_str_t *job)
+{
+    u_char      ch;
+    ngx_uint_t  i;
+
+    if (job->len == 0) {
+        return 0;
+    }
+
+    for (i = 0; i < job->len; i++) {
+        ch = job->data[i];
+
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z')
+              || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

@@ -197,6 +197,21 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
 
+    if (dmcf->batcher == NULL) {
+
+        /*
+         * a configuration that no worker was started with: nginx with
+         * "master_process off" does not start workers after a reload
+         */
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "dato: no batcher in this process; with "
+                      "\"master_process off\", restart nginx instead of "
+                      "reloading it");
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (dlcf->environment.len) {
         env = dlcf->environment;
 
