@@ -215,9 +215,12 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     if (dlcf->environment.len) {
         env = dlcf->environment;
 
-    } else {
+    } else if (res->environment.len) {
         env.data = (u_char *) res->environment.data;
         env.len = res->environment.len;
+
+    } else {
+        ngx_str_set(&env, "");
     }
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_ctx_t));

@@ -124,6 +124,9 @@ ngx_http_dato_parse_free(ngx_http_dato_parse_result_t *res)
 {
     free(res->ids);
     res->ids = NULL;
+    res->nids = 0;
+    res->environment.data = NULL;
+    res->environment.len = 0;
 
     if (res->root) {
         json_decref(res->root);
