@@ -175,14 +175,12 @@ $t->run(http => <<'EOF');
 EOF
 
 my $id = DatoTest::uuid_id(1001);
-my $r = $t->json_request(method => 'POST', path => '/hook',
-                         headers => { 'Content-Type' => 'application/json' },
-                         body => DatoTest::webhook(id => $id));
+my $r = $t->post_json('/hook', DatoTest::hook($id));
 is($r->{status}, 202, 'token file: webhook accepted') or diag $r->{raw};
 is(ref $r->{json} eq 'HASH' && $r->{json}{meta}{status}, 'accepted',
    'token file: meta.status accepted');
 
-my @req = grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
+my @req = $t->publishes;
 is(scalar @req, 1, 'token file: one bulk publish call');
 is($req[0]{headers}{authorization}, 'Bearer from-the-file-7f3a',
    'token file: Authorization carries the token from the file, without newline');

@@ -11,7 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
+use DatoTest qw(ids_of hook ids_body bulk_body json_headers post_req);
 
 my $t = DatoTest->new(workers => 1);
 
@@ -58,30 +58,22 @@ $t->run(http => <<'EOF');
     }
 EOF
 
-my $JSON_CT = { 'Content-Type' => 'application/json' };
 my @bodies;     # every response body, checked for the token at the end
 
-sub post {
-    my ($path, $body, %h) = @_;
-    $body = DatoTest::encode_json($body) if ref $body;
-    my $r = $t->json_request(method => 'POST', path => $path, body => $body,
-                             headers => %h ? {%h} : $JSON_CT);
+# a response, its body kept in @bodies
+sub kept {
+    my ($r) = @_;
     push @bodies, $r->{body} // '';
     return $r;
 }
 
-sub publishes {
-    return grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
+# POST as JSON (%h: other headers instead of Content-Type: application/json)
+sub post {
+    my ($path, $body, %h) = @_;
+    return kept($t->post_json($path, $body, %h ? (headers => {%h}) : ()));
 }
 
 sub sorted { [ sort @{ $_[0] } ] }
-
-sub bulk_body {
-    my (@ids) = @_;
-    return { data => { type => 'item_bulk_publish_operation',
-                       relationships => { items => { data => [
-                           map { { type => 'item', id => $_ } } @ids ] } } } };
-}
 
 # 202 with exactly one job, accepted; returns the job id
 sub check_accepted {
@@ -143,10 +135,10 @@ my $C = DatoTest::uuid_id(3);
 
 {
     $t->mock_reset;
-    my $r = post('/hook', DatoTest::webhook(id => $A, event_type => 'update'));
+    my $r = post('/hook', hook($A, event_type => 'update'));
     my $job = check_accepted($r, 1, 'update webhook');
 
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'update webhook: exactly one bulk publish call');
     my $q = $p[0] // { headers => {} };
     is($q->{method}, 'POST', 'update webhook: POST');
@@ -169,36 +161,34 @@ my $C = DatoTest::uuid_id(3);
 
 {
     $t->mock_reset;
-    my $r = post('/hook', DatoTest::webhook(id => $B, event_type => 'create'));
+    my $r = post('/hook', hook($B, event_type => 'create'));
     check_accepted($r, 1, 'create webhook');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'create webhook: one call');
     is_deeply($p[0] && $p[0]{ids}, [$B], 'create webhook: record published');
 }
 
 $t->mock_reset;
 for my $ev (qw(publish delete unpublish)) {
-    my $r = post('/hook', DatoTest::webhook(id => $C, event_type => $ev,
-                                            status => 'published'));
+    my $r = post('/hook', hook($C, event_type => $ev, status => 'published'));
     check_ignored($r, "$ev event with default dato_publish_events");
 }
 for my $et (qw(item_type upload)) {
-    my $r = post('/hook', DatoTest::webhook(id => $C, entity_type => $et));
+    my $r = post('/hook', hook($C, entity_type => $et));
     check_ignored($r, "entity_type $et");
 }
 {
-    my $r = post('/events', DatoTest::webhook(id => $C, event_type => 'publish',
-                                              status => 'published'));
+    my $r = post('/events', hook($C, event_type => 'publish', status => 'published'));
     check_ignored($r, 'publish event on /events');
 }
 Time::HiRes::sleep(0.4);
-is(scalar(publishes()), 0, 'ignored webhooks sent nothing to the API');
+is(scalar($t->publishes), 0, 'ignored webhooks sent nothing to the API');
 
 {
     $t->mock_reset;
-    my $r = post('/events', DatoTest::webhook(id => $C, event_type => 'unpublish'));
+    my $r = post('/events', hook($C, event_type => 'unpublish'));
     check_accepted($r, 1, 'unpublish on /events');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'unpublish on /events: one call');
     is_deeply($p[0] && $p[0]{ids}, [$C], 'unpublish on /events: record published');
 }
@@ -210,7 +200,7 @@ is(scalar(publishes()), 0, 'ignored webhooks sent nothing to the API');
     my @ids = ($A, '43012949', $C);
     my $r = post('/hook', bulk_body(@ids));
     check_accepted($r, 3, 'bulk publish body with 3 items');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'bulk body: one call');
     is_deeply(sorted($p[0] ? $p[0]{ids} : []), sorted(\@ids), 'bulk body: the 3 records');
     is($p[0] && $p[0]{status}, 202, 'bulk body: mock accepted');
@@ -221,7 +211,7 @@ is(scalar(publishes()), 0, 'ignored webhooks sent nothing to the API');
     my @ids = (DatoTest::uuid_id(10), DatoTest::uuid_id(11));
     my $r = post('/hook', { ids => \@ids });
     check_accepted($r, 2, '{"ids":[...]}');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'ids list: one call');
     is_deeply(sorted($p[0] ? $p[0]{ids} : []), sorted(\@ids), 'ids list: both records');
 }
@@ -256,7 +246,7 @@ $t->mock_reset;
 
     check_error(post('/hook', '{"foo":1}'), 422, 'unknown object');
 
-    check_error(post('/hook', DatoTest::webhook(id => undef)), 422,
+    check_error(post('/hook', hook(undef)), 422,
                 'webhook entity without id');
 
     check_error(post('/hook', '{"ids":["43012949"],"ids":["43012950"]}'), 400,
@@ -274,26 +264,20 @@ $t->mock_reset;
 # ------------------------------------------------ method, content type --
 
 {
-    my $r = $t->request(method => 'GET', path => '/hook');
-    push @bodies, $r->{body} // '';
-    DatoTest::_add_json($r);
+    my $r = kept($t->json_request(method => 'GET', path => '/hook'));
     check_error($r, 405, 'GET');
     is($r->{headers}{allow}, 'POST', 'GET: Allow: POST');
 
-    $r = $t->request(method => 'PUT', path => '/hook', headers => $JSON_CT,
-                     body => DatoTest::encode_json({ ids => [$A] }));
-    push @bodies, $r->{body} // '';
-    DatoTest::_add_json($r);
+    $r = kept($t->json_request(method => 'PUT', path => '/hook', headers => json_headers(),
+                               body => ids_body($A)));
     check_error($r, 405, 'PUT');
     is($r->{headers}{allow}, 'POST', 'PUT: Allow: POST');
 
-    my $body = DatoTest::encode_json({ ids => [$A] });
+    my $body = ids_body($A);
     check_error(post('/hook', $body, 'Content-Type' => 'text/plain'), 415,
                 'text/plain');
 
-    $r = $t->request(method => 'POST', path => '/hook', body => $body);
-    push @bodies, $r->{body} // '';
-    DatoTest::_add_json($r);
+    $r = kept($t->json_request(method => 'POST', path => '/hook', body => $body));
     check_error($r, 415, 'no content type');
 
     check_error(post('/hook', $body, 'Content-Type' => 'application/x-www-form-urlencoded'),
@@ -302,7 +286,7 @@ $t->mock_reset;
 
 Time::HiRes::sleep(0.4);
 {
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 0, 'no invalid request reached the API')
         or diag explain [ map { $_->{body} } @p ];
 }
@@ -312,7 +296,7 @@ for my $ct ('application/vnd.api+json', 'application/json; charset=utf-8') {
     my $id = DatoTest::uuid_id(length $ct);
     my $r = post('/hook', { ids => [$id] }, 'Content-Type' => $ct);
     check_accepted($r, 1, "Content-Type $ct");
-    my @p = publishes();
+    my @p = $t->publishes;
     is_deeply($p[0] && $p[0]{ids}, [$id], "Content-Type $ct: record published");
 }
 
@@ -321,9 +305,9 @@ for my $ct ('application/vnd.api+json', 'application/json; charset=utf-8') {
 sub check_big {
     my ($name, $first, %req) = @_;
     $t->mock_reset;
-    my @ids = map { DatoTest::uuid_id($_) } $first .. $first + 2999;
+    my @ids = ids_of($first, 3000);
     my $mark = $t->log_mark;
-    my $r = _add_json_req(%req, body => DatoTest::encode_json({ ids => \@ids }));
+    my $r = kept($t->post_json('/big', { ids => \@ids }, %req));
     is($r->{status}, 202, "$name: 202") or diag $r->{raw};
     is_deeply($r->{json}, { data => [], meta => { records => 3000, status => 'queued' } },
               "$name: records 3000, queued") or diag $r->{body};
@@ -332,26 +316,19 @@ sub check_big {
 
     my $got = sub {
         my %seen;
-        $seen{$_}++ for map { @{ $_->{ids} } } publishes();
+        $seen{$_}++ for map { @{ $_->{ids} } } $t->publishes;
         return scalar keys %seen;
     };
     ok($t->wait_for(sub { $got->() >= 3000 }, 8), "$name: all 3000 ids reached the API")
         or diag 'got ' . $got->();
     Time::HiRes::sleep(0.3);
-    my @p = publishes();
+    my @p = $t->publishes;
     my @all = map { @{ $_->{ids} } } @p;
     is(scalar @all, 3000, "$name: 3000 ids sent, none twice");
     is_deeply(sorted(\@all), sorted(\@ids), "$name: exactly the ids of the body");
     is(scalar(grep { @{ $_->{ids} } > 200 } @p), 0, "$name: no call above 200 ids");
     is(scalar @p, 15, "$name: 15 calls of 200");
     is(scalar(grep { $_->{status} != 202 } @p), 0, "$name: every call accepted");
-}
-
-sub _add_json_req {
-    my (%req) = @_;
-    my $r = $t->request(method => 'POST', path => '/big', headers => $JSON_CT, %req);
-    push @bodies, $r->{body} // '';
-    return DatoTest::_add_json($r);
 }
 
 check_big('3000 ids in a temp file', 10000);
@@ -364,7 +341,7 @@ check_big('3000 ids chunked', 20000, chunked => 1, chunk_size => 4096);
     my $r = post('/hook', { ids => [$A, $A, $B] });
     is($r->{status}, 202, 'ids A, A, B: 202') or diag $r->{raw};
     is($r->{json} && $r->{json}{meta}{status}, 'accepted', 'ids A, A, B: accepted');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'ids A, A, B: one call');
     is_deeply(sorted($p[0] ? $p[0]{ids} : []), sorted([$A, $B]),
               'ids A, A, B: A and B once each');
@@ -373,14 +350,13 @@ check_big('3000 ids chunked', 20000, chunked => 1, chunk_size => 4096);
 {
     $t->mock_reset;
     my $id = DatoTest::uuid_id(77);
-    my @r = $t->parallel_requests([ map { {
-        method => 'POST', path => '/none', headers => $JSON_CT,
-        body => DatoTest::webhook(id => $id, webhook_call_id => "9000$_") } } 1 .. 2 ]);
-    push @bodies, map { $_->{body} // '' } @r;
+    my @r = $t->parallel_requests([ map {
+        post_req('/none', hook($id, webhook_call_id => "9000$_")) } 1 .. 2 ]);
+    kept($_) for @r;
     is($r[$_]{status}, 202, "same id twice in a window: webhook $_ 202") for 0, 1;
-    ok($t->wait_for(sub { scalar publishes() }, 3), 'same id twice: a call was made');
+    ok($t->wait_for(sub { scalar $t->publishes }, 3), 'same id twice: a call was made');
     Time::HiRes::sleep(0.6);
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'same id twice in a window: one call');
     is_deeply($p[0] && $p[0]{ids}, [$id], 'same id twice in a window: the id once');
 }
@@ -391,9 +367,9 @@ sub env_case {
     my ($path, $name, $want, %wh) = @_;
     $t->mock_reset;
     my $id = DatoTest::uuid_id(300 + length $name);
-    my $r = post($path, DatoTest::webhook(id => $id, %wh));
+    my $r = post($path, hook($id, %wh));
     check_accepted($r, 1, $name);
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, "$name: one call");
     my $h = $p[0] ? $p[0]{headers} : {};
     if (defined $want) {
@@ -418,17 +394,15 @@ env_case('/env', 'dato_environment on a primary webhook', 'sandbox-1',
     my %env = (A => ['sandbox-a', DatoTest::uuid_id(401)],
                B => ['sandbox-b', DatoTest::uuid_id(402)],
                C => [undef,       DatoTest::uuid_id(403)]);
-    my @r = $t->parallel_requests([ map { {
-        method => 'POST', path => '/none', headers => $JSON_CT,
-        body => DatoTest::webhook(id => $env{$_}[1],
-                                  environment => $env{$_}[0] // 'main',
-                                  is_environment_primary => defined $env{$_}[0] ? 0 : 1) }
+    my @r = $t->parallel_requests([ map {
+        post_req('/none', hook($env{$_}[1], environment => $env{$_}[0] // 'main',
+                               is_environment_primary => defined $env{$_}[0] ? 0 : 1))
         } sort keys %env ]);
-    push @bodies, map { $_->{body} // '' } @r;
+    kept($_) for @r;
     is(scalar(grep { $_->{status} == 202 } @r), 3, 'three environments: all 202');
-    ok($t->wait_for(sub { publishes() >= 3 }, 3), 'three environments: calls made');
+    ok($t->wait_for(sub { $t->publishes >= 3 }, 3), 'three environments: calls made');
     Time::HiRes::sleep(0.5);
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 3, 'three environments in one window: three calls');
     my %by = map { (($_->{headers}{'x-environment'} // '(none)') => $_->{ids}) } @p;
     is_deeply(\%by, { 'sandbox-a' => [$env{A}[1]], 'sandbox-b' => [$env{B}[1]],

@@ -9,7 +9,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
+use DatoTest qw(ids_of hook ids_body post_req jobs_of);
 
 my $t = DatoTest->new(workers => 1);
 $t->start_mock;
@@ -75,58 +75,19 @@ EOF
 
 $t->run(http => $http);
 
-###########################################################################
-# helpers
-
 # every id whose webhook was answered 2xx (for the final promise check)
 my %accepted;
-
-sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
-
-# recorded bulk publish calls that carry at least one of @ids
-sub calls_for {
-    my ($tt, @ids) = @_;
-    my %want = map { $_ => 1 } @ids;
-    return grep {
-        $_->{method} eq 'POST' && $_->{path} =~ m{^/items/bulk/publish}
-            && grep { $want{$_} } @{ $_->{ids} || [] }
-    } $tt->mock_requests;
-}
-
-# ids among @ids that were part of a call the mock answered 202
-sub published {
-    my ($tt, @ids) = @_;
-    my %got;
-    for my $c (calls_for($tt, @ids)) {
-        next unless $c->{status} == 202;
-        $got{$_} = 1 for @{ $c->{ids} };
-    }
-    return grep { $got{$_} } @ids;
-}
-
-sub wait_published {
-    my ($tt, $timeout, @ids) = @_;
-    return $tt->wait_for(sub { published($tt, @ids) == @ids }, $timeout, 0.1);
-}
-
-sub hook { my ($id, %a) = @_; DatoTest::webhook(id => $id, %a) }
-
-sub post {
-    my ($path, $body, %a) = @_;
-    return $t->json_request(method => 'POST', path => $path, body => $body,
-        headers => { 'Content-Type' => 'application/json' }, %a);
-}
 
 ###########################################################################
 # 450 ids in one {"ids":[...]}: calls of 200, 200, 50
 
 {
     my @ids = ids_of(1000, 450);
-    my $r = post('/job', DatoTest::encode_json({ ids => \@ids }));
+    my $r = $t->post_json('/job', ids_body(@ids));
     is($r->{status}, 202, '450 ids: 202') or diag $r->{body};
     $accepted{$_} = 1 for $r->{status} == 202 ? @ids : ();
 
-    my @calls = calls_for($t, @ids);
+    my @calls = $t->calls_for(@ids);
     is_deeply([sort { $b <=> $a } map { scalar @{ $_->{ids} } } @calls], [200, 200, 50],
               '450 ids: calls of 200, 200 and 50 ids');
     is(scalar(grep { $_->{status} == 202 } @calls), 3, '450 ids: all three calls accepted');
@@ -140,7 +101,7 @@ sub post {
     my $j = $r->{json} || {};
     is($j->{meta}{records}, 450, '450 ids: meta.records 450');
     is($j->{meta}{status}, 'accepted', '450 ids: meta.status accepted');
-    my @jobs = map { $_->{id} } grep { ($_->{type} // '') eq 'job' } @{ $j->{data} || [] };
+    my @jobs = jobs_of($r);
     my %distinct = map { $_ => 1 } @jobs;
     is(scalar(keys %distinct), 3, '450 ids: 3 distinct job ids in the answer');
     is_deeply([sort @jobs], [sort map { $_->{job} // 'none' } @calls],
@@ -152,17 +113,14 @@ sub post {
 
 {
     my @ids = ids_of(2000, 50);
-    my @rs = $t->parallel_requests([ map { {
-        method => 'POST', path => '/window1s', body => hook($_),
-        headers => { 'Content-Type' => 'application/json' },
-    } } @ids ]);
+    my @rs = $t->parallel_requests([ map { post_req('/window1s', hook($_)) } @ids ]);
     $_->{json} = eval { DatoTest::decode_json($_->{body}) } for @rs;
 
     is(scalar(grep { $_->{status} == 202 } @rs), 50, '50 webhooks: all answered 202')
         or diag join "\n", map { "$_->{status} " . ($_->{error} // $_->{body} // '') } @rs;
     for my $k (0 .. $#rs) { $accepted{ $ids[$k] } = 1 if $rs[$k]{status} == 202 }
 
-    my @calls = calls_for($t, @ids);
+    my @calls = $t->calls_for(@ids);
     is(scalar @calls, 1, '50 webhooks: exactly one bulk call');
     is_deeply([sort @{ $calls[0]{ids} || [] }], [sort @ids], '50 webhooks: the call has all 50 ids');
 
@@ -182,17 +140,17 @@ sub post {
 {
     my ($id) = ids_of(3000, 1);
     my $t0 = Time::HiRes::time();
-    my $r = post('/window1500', hook($id));
+    my $r = $t->post_json('/window1500', hook($id));
     is($r->{status}, 202, 'window: 202');
     ok($r->{elapsed} < 1, "window: wait none answers at once ($r->{elapsed} s)");
     $accepted{$id} = 1 if $r->{status} == 202;
 
     Time::HiRes::sleep(0.7 - (Time::HiRes::time() - $t0)) if Time::HiRes::time() - $t0 < 0.7;
-    is(scalar(calls_for($t, $id)), 0, 'window: nothing sent after 0.7 s');
+    is(scalar($t->calls_for($id)), 0, 'window: nothing sent after 0.7 s');
 
-    ok(wait_published($t, 2.5 - (Time::HiRes::time() - $t0), $id),
+    ok($t->wait_published(2.5 - (Time::HiRes::time() - $t0), $id),
        'window: sent by 2.5 s');
-    my ($c) = calls_for($t, $id);
+    my ($c) = $t->calls_for($id);
     if ($c) {
         my $dt = $c->{t} - $t0;
         ok($dt >= 1.4 && $dt < 2.5, sprintf('window: call %.3f s after the webhook', $dt));
@@ -208,12 +166,12 @@ sub post {
     my @ids = ids_of(4000, 5);
     my $t0 = Time::HiRes::time();
     for my $id (@ids) {
-        my $r = post('/size5', hook($id));
+        my $r = $t->post_json('/size5', hook($id));
         is($r->{status}, 202, "size: webhook $id answered 202");
         $accepted{$id} = 1 if $r->{status} == 202;
     }
-    ok(wait_published($t, 2, @ids), 'size: a full batch is sent at once');
-    my @calls = calls_for($t, @ids);
+    ok($t->wait_published(2, @ids), 'size: a full batch is sent at once');
+    my @calls = $t->calls_for(@ids);
     is(scalar @calls, 1, 'size: one call');
     is_deeply([sort @{ $calls[0]{ids} || [] }], [sort @ids], 'size: with the 5 ids');
     ok(@calls && $calls[0]{t} - $t0 < 2,
@@ -225,13 +183,13 @@ sub post {
 {
     my @ids = ids_of(5000, 12);
     my $t0 = Time::HiRes::time();
-    my $r = post('/size5short', DatoTest::encode_json({ ids => \@ids }));
+    my $r = $t->post_json('/size5short', ids_body(@ids));
     is($r->{status}, 202, 'size 12: 202');
     is(($r->{json} || {})->{meta}{records}, 12, 'size 12: meta.records 12');
     $accepted{$_} = 1 for $r->{status} == 202 ? @ids : ();
 
-    ok(wait_published($t, 3, @ids), 'size 12: all sent');
-    my @calls = sort { $a->{t} <=> $b->{t} } calls_for($t, @ids);
+    ok($t->wait_published(3, @ids), 'size 12: all sent');
+    my @calls = $t->calls_for(@ids);
     is_deeply([map { scalar @{ $_->{ids} } } @calls], [5, 5, 2], 'size 12: calls of 5, 5, 2');
     if (@calls == 3) {
         ok($calls[1]{t} - $t0 < 0.8,
@@ -253,10 +211,7 @@ sub post {
     my @b = ids_of(6100, 5);
     my @reqs;
     for my $k (0 .. 4) {
-        push @reqs, { method => 'POST', path => '/a', body => hook($a[$k]),
-                      headers => { 'Content-Type' => 'application/json' } },
-                    { method => 'POST', path => '/b', body => hook($b[$k]),
-                      headers => { 'Content-Type' => 'application/json' } };
+        push @reqs, post_req('/a', hook($a[$k])), post_req('/b', hook($b[$k]));
     }
     my @rs = $t->parallel_requests(\@reqs);
     is(scalar(grep { $_->{status} == 202 } @rs), 10, 'targets: 10 webhooks answered 202');
@@ -265,10 +220,10 @@ sub post {
         $accepted{$id} = 1 if $rs[$k]{status} == 202;
     }
 
-    ok(wait_published($t, 4, @a, @b), 'targets: all ids sent');
+    ok($t->wait_published(4, @a, @b), 'targets: all ids sent');
     my %isa = map { $_ => 1 } @a;
     my %isb = map { $_ => 1 } @b;
-    my @calls = calls_for($t, @a, @b);
+    my @calls = $t->calls_for(@a, @b);
     my @mixed = grep {
         my @i = @{ $_->{ids} };
         (grep { $isa{$_} } @i) && (grep { $isb{$_} } @i)
@@ -286,18 +241,16 @@ sub post {
     my @main = ids_of(6500, 3);
     my @sand = ids_of(6600, 3);
     my @reqs = (
-        (map { { method => 'POST', path => '/env', body => hook($_),
-                 headers => { 'Content-Type' => 'application/json' } } } @main),
-        (map { { method => 'POST', path => '/env',
-                 body => hook($_, environment => 'sandbox-1', is_environment_primary => 0),
-                 headers => { 'Content-Type' => 'application/json' } } } @sand),
+        (map { post_req('/env', hook($_)) } @main),
+        (map { post_req('/env', hook($_, environment => 'sandbox-1',
+                                        is_environment_primary => 0)) } @sand),
     );
     my @rs = $t->parallel_requests(\@reqs);
     is(scalar(grep { $_->{status} == 202 } @rs), 6, 'env: 6 webhooks answered 202');
     my @all = (@main, @sand);
     for my $k (0 .. $#rs) { $accepted{ $all[$k] } = 1 if $rs[$k]{status} == 202 }
 
-    my @calls = calls_for($t, @all);
+    my @calls = $t->calls_for(@all);
     is(scalar @calls, 2, 'env: two calls');
     my ($cm) = grep { !defined $_->{env} } @calls;
     my ($cs) = grep { ($_->{env} // '') eq 'sandbox-1' } @calls;
@@ -313,12 +266,8 @@ sub post {
 sub promise_ok {
     my ($tt, $acc, $name) = @_;
     my @ids = sort keys %$acc;
-    wait_published($tt, 3, @ids);
-    my %pub = map { $_ => 1 } published($tt, @ids);
-    my $log = $tt->error_log;
-    my @lost = grep { !$pub{$_} && $log !~ /\[error\].*gave up.*\Q$_\E/ } @ids;
-    ok(@ids && !@lost, "$name: all " . scalar(@ids) . ' accepted ids published or given up')
-        or diag 'lost: ' . join ' ', @lost[0 .. ($#lost > 9 ? 9 : $#lost)];
+    $tt->wait_published(3, @ids);
+    $tt->promise_ok("$name: all " . scalar(@ids) . ' accepted ids published or given up', @ids);
 }
 
 promise_ok($t, \%accepted, 'one worker');
@@ -344,16 +293,13 @@ promise_ok($t, \%accepted, 'one worker');
 EOF
 
     my @ids = ids_of(7000, 60);
-    my @rs = $t2->parallel_requests([ map { {
-        method => 'POST', path => '/hook', body => hook($_),
-        headers => { 'Content-Type' => 'application/json' },
-    } } @ids ]);
+    my @rs = $t2->parallel_requests([ map { post_req('/hook', hook($_)) } @ids ]);
     is(scalar(grep { $_->{status} == 202 } @rs), 60, '2 workers: 60 webhooks answered 202')
         or diag join "\n", map { "$_->{status} " . ($_->{error} // $_->{body} // '') } @rs;
     my %acc2;
     for my $k (0 .. $#rs) { $acc2{ $ids[$k] } = 1 if $rs[$k]{status} == 202 }
 
-    my @calls = calls_for($t2, @ids);
+    my @calls = $t2->calls_for(@ids);
     my %union = map { $_ => 1 } map { @{ $_->{ids} } } grep { $_->{status} == 202 } @calls;
     is_deeply([sort keys %union], [sort @ids], '2 workers: union of the calls is the 60 ids');
     ok(@calls >= 1 && @calls <= 4, '2 workers: ' . scalar(@calls) . ' calls (batched per worker)');

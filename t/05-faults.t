@@ -12,7 +12,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
+use DatoTest qw(ids_of hook jobs_of);
 
 my $t = DatoTest->new(workers => 1);
 $t->start_mock;
@@ -69,54 +69,11 @@ EOF
 
 my %accepted;
 
-sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
-
-sub calls_for {
-    my ($tt, @ids) = @_;
-    my %want = map { $_ => 1 } @ids;
-    return sort { $a->{t} <=> $b->{t} } grep {
-        $_->{method} eq 'POST' && $_->{path} =~ m{^/items/bulk/publish}
-            && grep { $want{$_} } @{ $_->{ids} || [] }
-    } $tt->mock_requests;
-}
-
-sub published {
-    my ($tt, @ids) = @_;
-    my %got;
-    for my $c (calls_for($tt, @ids)) {
-        next unless $c->{status} == 202;
-        $got{$_} = 1 for @{ $c->{ids} };
-    }
-    return grep { $got{$_} } @ids;
-}
-
-sub wait_published {
-    my ($tt, $timeout, @ids) = @_;
-    return $tt->wait_for(sub { published($tt, @ids) == @ids }, $timeout, 0.1);
-}
-
-sub hook { my ($id, %a) = @_; DatoTest::webhook(id => $id, %a) }
-
-sub post {
-    my ($path, $body, %a) = @_;
-    return $t->json_request(method => 'POST', path => $path, body => $body,
-        headers => { 'Content-Type' => 'application/json' }, %a);
-}
-
-sub jobs_of {
-    my ($r) = @_;
-    return map { $_->{id} } grep { ($_->{type} // '') eq 'job' }
-           @{ (($r->{json} || {})->{data}) || [] };
-}
-
 # the promise for the given ids: published (202 at the mock) or given up
 sub promise_ok {
     my ($name, @ids) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
-    my %pub = map { $_ => 1 } published($t, @ids);
-    my $log = $t->error_log;
-    my @lost = grep { !$pub{$_} && $log !~ /\[error\].*gave up.*\Q$_\E/ } @ids;
-    ok(@ids && !@lost, "$name: accepted ids published or given up") or diag "lost: @lost";
+    $t->promise_ok("$name: accepted ids published or given up", @ids);
 }
 
 # one fault, one webhook to /r; the batch is retried and then published
@@ -126,12 +83,12 @@ sub retried_ok {
 
     my $mark = $t->log_mark;
     $t->mock_faults($fault);
-    my $r = post($o{path} // '/r', hook($id), timeout => 15);
+    my $r = $t->post_json($o{path} // '/r', hook($id), timeout => 15);
     is($r->{status}, 202, "$name: webhook answered 202") or diag $r->{body} // $r->{error};
     $accepted{$id} = 1 if $r->{status} == 202;
     is(($r->{json} || {})->{meta}{status}, 'accepted', "$name: meta.status accepted");
 
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     ok(@calls >= 2, "$name: the call was retried (" . scalar(@calls) . ' calls)');
     is($calls[0]{status}, $o{first_status} // $fault->{status},
        "$name: first call got the fault")
@@ -189,10 +146,10 @@ $t->log_like(qr/failed \(422 BATCH_DATA_VALIDATION_IN_PROGRESS\), retrying/,
 {
     my ($id) = ids_of(240, 1);
     $t->mock_faults([{ status => 500 }, { status => 503 }, { status => 502, html => JSON::PP::true }]);
-    my $r = post('/r', hook($id), timeout => 15);
+    my $r = $t->post_json('/r', hook($id), timeout => 15);
     is($r->{status}, 202, '3 faults: webhook answered 202');
     $accepted{$id} = 1 if $r->{status} == 202;
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     is_deeply([map { $_->{status} } @calls], [500, 503, 502, 202], '3 faults: 4 attempts');
     if (@calls == 4) {
         my @gap = map { $calls[$_]{t} - $calls[$_ - 1]{t} } 1 .. 3;
@@ -216,11 +173,11 @@ sub reset_ok {
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     my $mark = $t->log_mark;
     $t->mock_faults(\@faults);
-    my $r = post('/r', hook($id), timeout => 15);
+    my $r = $t->post_json('/r', hook($id), timeout => 15);
     is($r->{status}, 202, "$name: webhook answered 202") or diag $r->{body} // $r->{error};
     $accepted{$id} = 1 if $r->{status} == 202;
     is(($r->{json} || {})->{meta}{status}, 'accepted', "$name: meta.status accepted");
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     is_deeply([map { $_->{status} } @calls], [(0) x @faults, 202],
               "$name: each dropped call was sent again");
     is_deeply([jobs_of($r)], [@calls ? $calls[-1]{job} // 'none' : 'none'],
@@ -254,12 +211,12 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     my ($id) = ids_of(400, 1);
     my $mark = $t->log_mark;
     $t->mock_faults({ delay_ms => 2500 });
-    my $r = post('/slow', hook($id), timeout => 15);
+    my $r = $t->post_json('/slow', hook($id), timeout => 15);
     is($r->{status}, 202, 'api timeout: webhook answered 202') or diag $r->{body};
     $accepted{$id} = 1 if $r->{status} == 202;
     ok($r->{elapsed} >= 1, sprintf('api timeout: after the 1 s timeout (%.3f s)', $r->{elapsed}));
     ok($r->{elapsed} < 2.4, 'api timeout: the module did not wait for the slow answer');
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     ok(@calls >= 2, 'api timeout: the call was repeated');
     my @jobs = jobs_of($r);
     ok(@calls >= 2 && @jobs == 1 && $jobs[0] eq ($calls[-1]{job} // '')
@@ -276,14 +233,14 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
 {
     my ($id) = ids_of(500, 1);
     $t->mock_faults([{ status => 500 }, { status => 500 }, { status => 500 }]);
-    my $r = post('/short', hook($id), timeout => 15);
+    my $r = $t->post_json('/short', hook($id), timeout => 15);
     is($r->{status}, 202, 'outlast: webhook answered 202');
     is(($r->{json} || {})->{meta}{status}, 'queued', 'outlast: meta.status queued');
     ok($r->{elapsed} >= 0.9 && $r->{elapsed} < 2,
        sprintf('outlast: answered at dato_publish_timeout (%.3f s)', $r->{elapsed}));
     $accepted{$id} = 1 if $r->{status} == 202;
-    ok(wait_published($t, 6, $id), 'outlast: the record is published later');
-    is_deeply([map { $_->{status} } calls_for($t, $id)], [500, 500, 500, 202],
+    ok($t->wait_published(6, $id), 'outlast: the record is published later');
+    is_deeply([map { $_->{status} } $t->calls_for($id)], [500, 500, 500, 202],
               'outlast: after three failures');
     promise_ok('outlast', $id);
 }
@@ -294,16 +251,16 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
 {
     my ($id) = ids_of(600, 1);
     my $mark = $t->log_mark;
-    my $before = () = calls_for($t, $id);
+    my $before = () = $t->calls_for($id);
     $t->mock_config({ down_ms => 2000 });
     my $t0 = Time::HiRes::time();
-    my $r = post('/down', hook($id), timeout => 15);
+    my $r = $t->post_json('/down', hook($id), timeout => 15);
     is($r->{status}, 202, 'down: webhook answered 202') or diag $r->{body} // $r->{error};
     $accepted{$id} = 1 if $r->{status} == 202;
     is(($r->{json} || {})->{meta}{status}, 'accepted', 'down: meta.status accepted');
     ok(Time::HiRes::time() - $t0 >= 1.8,
        sprintf('down: published once the API is back (%.3f s)', Time::HiRes::time() - $t0));
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     is(scalar(grep { $_->{status} == 202 } @calls), 1, 'down: one accepted call');
     is_deeply([jobs_of($r)], [@calls ? $calls[-1]{job} // 'none' : 'none'], 'down: its job');
     ok($t->error_log_since($mark) =~ qr/\[warn\].*failed \(0 .+\), retrying/,
@@ -318,7 +275,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     my ($id) = ids_of(700, 1);
     my $mark = $t->log_mark;
     $t->mock_faults([ map { { status => 500 } } 1 .. 10 ]);
-    my $r = post('/giveup', hook($id), timeout => 15);
+    my $r = $t->post_json('/giveup', hook($id), timeout => 15);
     ok($r->{status} == 502
        || ($r->{status} == 202 && (($r->{json} || {})->{meta}{status} // '') eq 'queued'),
        "give up: webhook answered 502 (or 202 queued): $r->{status}") or diag $r->{body};
@@ -327,11 +284,11 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     ok($r->{elapsed} < 3, sprintf('give up: within dato_retry_timeout (%.3f s)', $r->{elapsed}));
     ok($t->wait_for_log(qr/\[error\].*gave up.*dato_retry_timeout.*\Q$id\E/, 3, $mark),
        'give up: error.log names the record and the reason');
-    my @calls = calls_for($t, $id);
+    my @calls = $t->calls_for($id);
     ok(@calls >= 2 && !grep({ $_->{status} != 500 } @calls),
        'give up: ' . scalar(@calls) . ' attempts, all 500');
     Time::HiRes::sleep(1);
-    my $after = () = calls_for($t, $id);
+    my $after = () = $t->calls_for($id);
     is($after, scalar(@calls), 'give up: no attempt after giving up');
     ok($calls[-1]{t} - $calls[0]{t} <= 2.1, 'give up: attempts within dato_retry_timeout')
         if @calls;

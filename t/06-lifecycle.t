@@ -15,90 +15,25 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use IO::Select;
-use DatoTest;
-
-my $JSON_CT = { 'Content-Type' => 'application/json' };
+use List::Util qw(uniq);
+use DatoTest qw(ids_of hook json_headers);
 
 ###########################################################################
 # helpers
 
-sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
-
-sub hook { my ($id, %a) = @_; DatoTest::webhook(id => $id, %a) }
-
-sub post {
-    my ($tt, $path, $body, %a) = @_;
-    $body = DatoTest::encode_json($body) if ref $body;
-    return $tt->json_request(method => 'POST', path => $path, body => $body,
-                             headers => $JSON_CT, timeout => 10, %a);
-}
-
-# recorded bulk publish calls, oldest first
-sub publish_calls {
-    my ($tt) = @_;
-    my @c = sort { $a->{t} <=> $b->{t} }
-            grep { $_->{method} eq 'POST' && $_->{path} =~ m{^/items/bulk/publish} }
-            $tt->mock_requests;
-    return @c;
-}
-
-# recorded bulk publish calls that carry at least one of @ids
-sub calls_for {
-    my ($tt, @ids) = @_;
-    my %want = map { $_ => 1 } @ids;
-    my @c = grep { grep { $want{$_} } @{ $_->{ids} || [] } } publish_calls($tt);
-    return @c;
-}
-
-# ids among @ids that were part of a call the mock answered 202
-sub published {
-    my ($tt, @ids) = @_;
-    my %got;
-    for my $c (calls_for($tt, @ids)) {
-        next unless $c->{status} == 202;
-        $got{$_} = 1 for @{ $c->{ids} };
-    }
-    return grep { $got{$_} } @ids;
-}
-
-sub wait_published {
-    my ($tt, $timeout, @ids) = @_;
-    return $tt->wait_for(sub { published($tt, @ids) == @ids }, $timeout, 0.05);
-}
-
-# ids named in "[error] ... gave up publishing ..." lines
-sub given_up {
-    my ($tt) = @_;
-    my %g;
-    for my $l (split /\n/, $tt->error_log) {
-        next unless $l =~ /\[error\].*gave up publishing/;
-        my ($list) = $l =~ /records \(part \d+ of \d+\): (.*)$/ or next;
-        $g{$_} = 1 for grep { length } split /[\s,]+/, $list;
-    }
-    return \%g;
-}
-
-# the promise: every id answered 2xx reached the mock with a 202 or was
-# named as given up
+# the promise over the ids answered 2xx in one scenario
 sub promise_ok {
     my ($tt, $name, @ids) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
-    my %seen;
-    @ids = grep { !$seen{$_}++ } @ids;
-    my %pub = map { $_ => 1 } published($tt, @ids);
-    my $gave = given_up($tt);
-    my @lost = grep { !$pub{$_} && !$gave->{$_} } @ids;
-    ok(@ids && !@lost, "$name: all " . scalar(@ids)
-                       . ' accepted ids reached the mock (202) or were given up')
-        or diag 'lost: ' . join(' ', @lost[0 .. ($#lost > 9 ? 9 : $#lost)])
-                . (@lost > 10 ? ' ...' : '');
-    return !@lost;
+    @ids = uniq @ids;
+    return $tt->promise_ok("$name: all " . scalar(@ids)
+                           . ' accepted ids reached the mock (202) or were given up', @ids);
 }
 
-sub gave_up_lines {
-    my ($tt) = @_;
-    return grep { /gave up publishing/ } split /\n/, $tt->error_log;
+# one webhook per id to $path, one after the other: the ids answered 202
+sub hooks_accepted {
+    my ($tt, $path, @ids) = @_;
+    return grep { $tt->post_json($path, hook($_))->{status} == 202 } @ids;
 }
 
 sub timed(&) {
@@ -106,35 +41,6 @@ sub timed(&) {
     my $t0 = Time::HiRes::time();
     my @r = $cb->();
     return (Time::HiRes::time() - $t0, @r);
-}
-
-# a webhook sent on a raw socket, answered later (dato_publish_wait job)
-sub raw_send {
-    my ($tt, $path, $body) = @_;
-    $body = DatoTest::encode_json($body) if ref $body;
-    my $s = $tt->raw_connect or return;
-    my $req = $tt->_build_request({ method => 'POST', path => $path, body => $body,
-                                    headers => $JSON_CT });
-    local $SIG{PIPE} = 'IGNORE';
-    syswrite($s, $req) == length $req or return;
-    return $s;
-}
-
-sub raw_read {
-    my ($s, $timeout) = @_;
-    return { status => 0, error => 'not sent' } unless $s;
-    my $buf = '';
-    my $deadline = Time::HiRes::time() + $timeout;
-    my $sel = IO::Select->new($s);
-    while ((my $left = $deadline - Time::HiRes::time()) > 0) {
-        next unless $sel->can_read($left);
-        my $n = sysread($s, $buf, 65536, length $buf);
-        last unless $n;
-    }
-    close $s;
-    my $r = DatoTest::_parse_response($buf, 1, 0);
-    $r->{raw} = $buf;
-    return DatoTest::_add_json($r);
 }
 
 sub conf {
@@ -177,19 +83,19 @@ EOF
     my (@acc, @bad);
     my $first = Time::HiRes::time();
     for my $id (@ids) {
-        my $r = post($t, '/hook', hook($id));
+        my $r = $t->post_json('/hook', hook($id));
         if ($r->{status} == 202) { push @acc, $id } else { push @bad, $r }
     }
     is(scalar @acc, 20, 'reload/queued: 20 webhooks answered 202')
         or diag join "\n", map { "$_->{status} " . ($_->{body} // $_->{error} // '') } @bad;
-    is(scalar(publish_calls($t)), 0, 'reload/queued: nothing sent before the window ends');
+    is(scalar($t->publishes), 0, 'reload/queued: nothing sent before the window ends');
 
     my $mark = $t->log_mark;
     my $hup = Time::HiRes::time();
     ok($t->reload, 'reload/queued: reload done');
-    ok(wait_published($t, 2, @acc),
+    ok($t->wait_published(2, @acc),
        'reload/queued: the old worker sent all 20 within 2 s of the reload');
-    my @calls = calls_for($t, @acc);
+    my @calls = $t->calls_for(@acc);
     my $last = 0;
     $last = $_->{t} > $last ? $_->{t} : $last for @calls;
     ok(@calls && $last - $first < 2.8,
@@ -202,12 +108,12 @@ EOF
     my @new = ids_of(1100, 3);
     my @acc2;
     for my $k (0 .. 1) {
-        my $r = post($t, '/fast', hook($new[$k]));
+        my $r = $t->post_json('/fast', hook($new[$k]));
         is($r->{status}, 202, "reload/queued: webhook $k to the new worker: 202");
         push @acc2, $new[$k] if $r->{status} == 202;
     }
-    ok(wait_published($t, 2, @acc2), 'reload/queued: new worker publishes');
-    my $r = post($t, '/hook', hook($new[2]));
+    ok($t->wait_published(2, @acc2), 'reload/queued: new worker publishes');
+    my $r = $t->post_json('/hook', hook($new[2]));
     is($r->{status}, 202, 'reload/queued: webhook to the 3 s window after the reload: 202');
     push @acc2, $new[2] if $r->{status} == 202;
 
@@ -215,9 +121,9 @@ EOF
     my ($dt) = timed { $t->stop };
     ok($dt < 2.5, sprintf('reload/queued: quit took %.2f s', $dt));
     promise_ok($t, 'reload/queued', @acc, @acc2);
-    is(scalar(published($t, @acc, @acc2)), scalar(@acc) + scalar(@acc2),
+    is(scalar($t->published(@acc, @acc2)), scalar(@acc) + scalar(@acc2),
        'reload/queued: every id was published');
-    is(scalar(gave_up_lines($t)), 0, 'reload/queued: nothing given up');
+    is(scalar($t->gave_up_lines), 0, 'reload/queued: nothing given up');
     $t->done;
 }
 
@@ -241,21 +147,16 @@ EOF
 EOF
 
     $t->mock_faults([ { delay_ms => 2000 }, { delay_ms => 2000 } ]);
-    my @ids = ids_of(2000, 5);
-    my @acc;
-    for my $id (@ids) {
-        my $r = post($t, '/hook', hook($id));
-        push @acc, $id if $r->{status} == 202;
-    }
+    my @acc = hooks_accepted($t, '/hook', ids_of(2000, 5));
     is(scalar @acc, 5, 'quit/in flight: 5 webhooks answered 202');
     # the mock records a call when it decides the answer, before the delay
-    ok($t->wait_for(sub { scalar calls_for($t, @acc) }, 1, 0.02),
+    ok($t->wait_for(sub { scalar $t->calls_for(@acc) }, 1, 0.02),
        'quit/in flight: the call is out');
 
     # a webhook that waits for its job while the worker exits
     my $jid = DatoTest::uuid_id(2100);
-    my $sock = raw_send($t, '/job', hook($jid));
-    ok($t->wait_for(sub { scalar calls_for($t, $jid) }, 1, 0.02),
+    my $sock = $t->raw_send('/job', hook($jid));
+    ok($t->wait_for(sub { scalar $t->calls_for($jid) }, 1, 0.02),
        'quit/in flight: the waiting webhook\'s call is out');
     Time::HiRes::sleep(0.1);
 
@@ -264,7 +165,7 @@ EOF
     my $mark = $t->log_mark;
     my ($dt, $jr) = timed {
         kill 'QUIT', $t->pid;
-        my $jr = raw_read($sock, 5);
+        my $jr = $t->raw_read($sock, 5);
         $t->stop(timeout => 10);
         $jr;
     };
@@ -275,14 +176,14 @@ EOF
     push @acc, $jid if $jr->{status} == 202;
     ok($dt < 5, sprintf('quit/in flight: nginx exited in %.2f s', $dt));
     ok($dt > 1.0, sprintf('quit/in flight: nginx waited for the delayed answer (%.2f s)', $dt));
-    my @calls = calls_for($t, @acc);
+    my @calls = $t->calls_for(@acc);
     ok(@calls >= 1 && !grep({ $_->{status} != 202 } @calls),
        'quit/in flight: the mock answered 202');
-    is(scalar(published($t, @acc)), scalar(@acc), 'quit/in flight: all ids published');
+    is(scalar($t->published(@acc)), scalar(@acc), 'quit/in flight: all ids published');
     like($t->error_log_since($mark), qr/dato: \d+ records sent, job "\d+"/,
          'quit/in flight: the exiting worker got the answer');
-    is(scalar(gave_up_lines($t)), 0, 'quit/in flight: nothing given up')
-        or diag join "\n", gave_up_lines($t);
+    is(scalar($t->gave_up_lines), 0, 'quit/in flight: nothing given up')
+        or diag join "\n", $t->gave_up_lines;
     promise_ok($t, 'quit/in flight', @acc);
     $t->done;
 }
@@ -301,21 +202,16 @@ EOF
         }
 EOF
 
-    my @ids = ids_of(3000, 8);
-    my @acc;
-    for my $id (@ids) {
-        my $r = post($t, '/hook', hook($id));
-        push @acc, $id if $r->{status} == 202;
-    }
+    my @acc = hooks_accepted($t, '/hook', ids_of(3000, 8));
     is(scalar @acc, 8, 'quit/queued: 8 webhooks answered 202');
-    is(scalar(publish_calls($t)), 0, 'quit/queued: nothing sent yet');
+    is(scalar($t->publishes), 0, 'quit/queued: nothing sent yet');
 
     # a webhook whose body is still being read when the worker starts to
     # exit: queued and sent at once too
     my $late = DatoTest::uuid_id(3100);
     my $body = hook($late);
     my $req = $t->_build_request({ method => 'POST', path => '/hook', body => $body,
-                                   headers => $JSON_CT });
+                                   headers => json_headers() });
     my $half = length($req) - int(length($body) / 2);
     my $sock = $t->raw_connect;
     syswrite($sock, substr($req, 0, $half));
@@ -325,20 +221,20 @@ EOF
         kill 'QUIT', $t->pid;
         Time::HiRes::sleep(0.2);
         syswrite($sock, substr($req, $half));
-        my $lr = raw_read($sock, 3);
+        my $lr = $t->raw_read($sock, 3);
         $t->stop(timeout => 10);
         $lr;
     };
     ok($dt < 3, sprintf('quit/queued: nginx exited in %.2f s', $dt));
-    is(scalar(published($t, @acc)), 8, 'quit/queued: all 8 ids published on quit');
+    is(scalar($t->published(@acc)), 8, 'quit/queued: all 8 ids published on quit');
     is($lr->{status}, 202, 'quit/queued: webhook completed during the exit: 202')
         or diag $lr->{raw} // $lr->{error};
     if ($lr->{status} == 202) {
         push @acc, $late;
-        is(scalar(published($t, $late)), 1,
+        is(scalar($t->published($late)), 1,
            'quit/queued: the webhook completed during the exit was published');
     }
-    is(scalar(gave_up_lines($t)), 0, 'quit/queued: nothing given up');
+    is(scalar($t->gave_up_lines), 0, 'quit/queued: nothing given up');
     promise_ok($t, 'quit/queued', @acc);
     $t->done;
 }
@@ -381,26 +277,26 @@ EOF
     my @b = ids_of(4100, 3);
     my @c = ids_of(4200, 3);
     my @acc;
-    my $r = post($t, '/a', { ids => \@a });
+    my $r = $t->post_json('/a', { ids => \@a });
     is($r->{status}, 202, 'shutdown timeout: /a 202');
     push @acc, @a if $r->{status} == 202;
-    ok($t->wait_for(sub { scalar calls_for($t, @a) }, 1, 0.02), 'shutdown timeout: /a call out');
-    $r = post($t, '/b', { ids => \@b });
+    ok($t->wait_for(sub { scalar $t->calls_for(@a) }, 1, 0.02), 'shutdown timeout: /a call out');
+    $r = $t->post_json('/b', { ids => \@b });
     is($r->{status}, 202, 'shutdown timeout: /b 202');
     push @acc, @b if $r->{status} == 202;
-    ok($t->wait_for(sub { scalar calls_for($t, @b) }, 1, 0.02), 'shutdown timeout: /b call out');
-    $r = post($t, '/c', { ids => \@c });
+    ok($t->wait_for(sub { scalar $t->calls_for(@b) }, 1, 0.02), 'shutdown timeout: /b call out');
+    $r = $t->post_json('/c', { ids => \@c });
     is($r->{status}, 202, 'shutdown timeout: /c 202');
     push @acc, @c if $r->{status} == 202;
     my @j = ids_of(4300, 2);
-    my $sock = raw_send($t, '/j', { ids => \@j });
-    ok($t->wait_for(sub { scalar calls_for($t, @j) }, 1, 0.02), 'shutdown timeout: /j call out');
+    my $sock = $t->raw_send('/j', { ids => \@j });
+    ok($t->wait_for(sub { scalar $t->calls_for(@j) }, 1, 0.02), 'shutdown timeout: /j call out');
     Time::HiRes::sleep(0.1);
 
     my $mark = $t->log_mark;
     my ($dt, $jr) = timed {
         kill 'QUIT', $t->pid;
-        my $jr = raw_read($sock, 5);
+        my $jr = $t->raw_read($sock, 5);
         $t->stop(timeout => 10);
         $jr;
     };
@@ -414,11 +310,11 @@ EOF
     push @acc, @j if $jr->{status} >= 200 && $jr->{status} < 300;
 
     # nginx never saw an answer for any of them: all are given up
-    my $gave = given_up($t);
+    my $gave = $t->gave_up_ids;
     my %u;
     my @missing = grep { !$u{$_}++ && !$gave->{$_} } @acc, @j;
     ok(!@missing, 'shutdown timeout: every id is named in a "gave up publishing" line')
-        or diag "not named: @missing\n" . join("\n", gave_up_lines($t));
+        or diag "not named: @missing\n" . join("\n", $t->gave_up_lines);
     # the calls were cut short by worker_shutdown_timeout, and the lines
     # say so (the reason is what tells an operator to raise it), also for
     # the batches whose calls were in flight
@@ -426,7 +322,7 @@ EOF
     my @other = grep { !/worker_shutdown_timeout/ } @lines;
     ok(@lines && !@other, 'shutdown timeout: the reason given is worker_shutdown_timeout')
         or diag join "\n", @other;
-    ok(scalar(calls_for($t, @c)) >= 1, 'shutdown timeout: the queued batch was sent on quit');
+    ok(scalar($t->calls_for(@c)) >= 1, 'shutdown timeout: the queued batch was sent on quit');
     promise_ok($t, 'shutdown timeout', @acc);
     $t->done;
 }
@@ -458,34 +354,29 @@ EOF
     # a call in flight at the fast stop: its answer never comes
     $t->mock_faults({ delay_ms => 3000 });
     my @fly = ids_of(5300, 2);
-    my $fr = post($t, '/fly', { ids => \@fly });
+    my $fr = $t->post_json('/fly', { ids => \@fly });
     is($fr->{status}, 202, 'fast stop: /fly 202');
-    ok($t->wait_for(sub { scalar calls_for($t, @fly) }, 1, 0.02), 'fast stop: /fly call out');
+    ok($t->wait_for(sub { scalar $t->calls_for(@fly) }, 1, 0.02), 'fast stop: /fly call out');
 
-    my @ids = ids_of(5000, 4);
-    my @acc;
-    for my $id (@ids) {
-        my $r = post($t, '/hook', hook($id));
-        push @acc, $id if $r->{status} == 202;
-    }
-    my $r = post($t, '/hook', { ids => [ ids_of(5100, 3) ] });
+    my @acc = hooks_accepted($t, '/hook', ids_of(5000, 4));
+    my $r = $t->post_json('/hook', { ids => [ ids_of(5100, 3) ] });
     push @acc, ids_of(5100, 3) if $r->{status} == 202;
     is(scalar @acc, 7, 'fast stop: 7 ids answered 202');
     my @j = ids_of(5200, 2);
-    my $sock = raw_send($t, '/j', { ids => \@j });
+    my $sock = $t->raw_send('/j', { ids => \@j });
     Time::HiRes::sleep(0.2);
 
     my ($dt) = timed { $t->stop_fast };
-    my $jr = raw_read($sock, 1);
+    my $jr = $t->raw_read($sock, 1);
     push @acc, @j if $jr->{status} >= 200 && $jr->{status} < 300;
     ok($dt < 3, sprintf('fast stop: nginx exited in %.2f s', $dt));
-    is(scalar(calls_for($t, @acc)), 0, 'fast stop: nothing queued was sent');
+    is(scalar($t->calls_for(@acc)), 0, 'fast stop: nothing queued was sent');
     push @acc, @fly if $fr->{status} == 202;
-    my $gave = given_up($t);
+    my $gave = $t->gave_up_ids;
     my @missing = grep { !$gave->{$_} } @acc, @j;
     ok(!@missing, 'fast stop: every queued or in-flight id is named in a '
                   . '"gave up publishing" line')
-        or diag "not named: @missing\n" . join("\n", gave_up_lines($t));
+        or diag "not named: @missing\n" . join("\n", $t->gave_up_lines);
     promise_ok($t, 'fast stop', @acc);
     $t->done;
 }
@@ -507,12 +398,12 @@ EOF
     my (@acc, @refused);
 
     my @six = ids_of(6000, 6);
-    my $r = post($t, '/hook', { ids => \@six });
+    my $r = $t->post_json('/hook', { ids => \@six });
     is($r->{status}, 202, 'queue full: 6 ids: 202') or diag $r->{raw};
     push @acc, @six if $r->{status} == 202;
 
     my @five = ids_of(6100, 5);
-    $r = post($t, '/hook', { ids => \@five });
+    $r = $t->post_json('/hook', { ids => \@five });
     is($r->{status}, 503, 'queue full: 5 more ids (11 > 10): 503') or diag $r->{raw};
     push @acc, @five if $r->{status} == 202;
     push @refused, @five unless $r->{status} == 202;
@@ -527,27 +418,27 @@ EOF
        'queue full: {"errors":[{"status":"503",title,detail}]}') or diag $r->{body};
 
     my @four = ids_of(6200, 4);
-    $r = post($t, '/hook', { ids => \@four });
+    $r = $t->post_json('/hook', { ids => \@four });
     is($r->{status}, 202, 'queue full: 4 ids (6 + 4 = 10): 202') or diag $r->{raw};
     push @acc, @four if $r->{status} == 202;
 
     my @one = ids_of(6300, 1);
-    $r = post($t, '/hook', hook($one[0]));
+    $r = $t->post_json('/hook', hook($one[0]));
     is($r->{status}, 503, 'queue full: one more id at 10 of 10: 503') or diag $r->{raw};
     push @acc, @one if $r->{status} == 202;
     push @refused, @one unless $r->{status} == 202;
 
     # the window ends, the batch of 10 goes out: room again
-    ok(wait_published($t, 7, @six, @four), 'queue full: the batch of 10 was published');
+    ok($t->wait_published(7, @six, @four), 'queue full: the batch of 10 was published');
     ok($t->wait_for_log(qr/dato: 10 records sent/, 2), 'queue full: nginx got the answer');
     my @ten = ids_of(6400, 10);
-    $r = post($t, '/hook', { ids => \@ten });
+    $r = $t->post_json('/hook', { ids => \@ten });
     is($r->{status}, 202, 'queue full: after the batch was sent, 10 ids: 202') or diag $r->{raw};
     push @acc, @ten if $r->{status} == 202;
 
     $t->stop(timeout => 10);
     my %refused = map { $_ => 1 } @refused;
-    my @leaked = grep { $refused{$_} } map { @{ $_->{ids} || [] } } publish_calls($t);
+    my @leaked = grep { $refused{$_} } map { @{ $_->{ids} || [] } } $t->publishes;
     is(scalar @leaked, 0, 'queue full: no refused id ever reached the mock') or diag "@leaked";
     promise_ok($t, 'queue full', @acc);
     $t->done;
@@ -565,6 +456,9 @@ EOF
             dato_batch_size 1;
             dato_batch_window 10ms;
             dato_publish_wait none;
+
+            # job polls draw from the same call log: here only publishes
+            dato_job_poll off;
         }
 EOF
     $t = DatoTest->new(workers => 1);
@@ -578,35 +472,29 @@ EOF
     my @second = ids_of(7100, 3);
 
     for my $tt ($t, $c) {
-        for my $id (@first) {
-            my $r = post($tt, '/hook', hook($id));
-            push @{ $acc{$tt} }, $id if $r->{status} == 202;
-        }
+        push @{ $acc{$tt} }, hooks_accepted($tt, '/hook', @first);
     }
     for my $tt ($t, $c) {
         my $n = $tt == $t ? 'reload' : 'control';
-        ok($tt->wait_for(sub { publish_calls($tt) >= 3 }, 2, 0.02),
+        ok($tt->wait_for(sub { $tt->publishes >= 3 }, 2, 0.02),
            "rate/$n: 3 calls at once");
     }
     my $rmark = $t->log_mark;
     ok($t->reload, 'rate/reload: reload done');
     for my $tt ($t, $c) {
-        for my $id (@second) {
-            my $r = post($tt, '/hook', hook($id));
-            push @{ $acc{$tt} }, $id if $r->{status} == 202;
-        }
+        push @{ $acc{$tt} }, hooks_accepted($tt, '/hook', @second);
     }
     for my $tt ($t, $c) {
         my $n = $tt == $t ? 'reload' : 'control';
         is(scalar @{ $acc{$tt} }, 6, "rate/$n: 6 webhooks answered 202");
-        ok(wait_published($tt, 7, @first, @second), "rate/$n: all 6 published");
-        my @ts = map { $_->{t} } publish_calls($tt);
+        ok($tt->wait_published(7, @first, @second), "rate/$n: all 6 published");
+        my @ts = map { $_->{t} } $tt->publishes;
         is(scalar @ts, 6, "rate/$n: 6 calls");
         my @gaps = map { $ts[$_ + 3] - $ts[$_] } grep { defined $ts[$_ + 3] } 0 .. 2;
         ok(@gaps == 3 && !grep({ $_ < 3.5 } @gaps),
            "rate/$n: the 4th to 6th calls came >= 3.5 s after the 1st to 3rd")
             or diag 'gaps: ' . join ' ', map { sprintf '%.2f', $_ } @gaps;
-        my @calls = publish_calls($tt);
+        my @calls = $tt->publishes;
         is(scalar(grep { $_->{status} == 429 } @calls), 0, "rate/$n: no 429");
     }
     ok($t->wait_for_log(qr/worker process \d+ exited with code 0/, 0.1, $rmark),
@@ -637,7 +525,7 @@ EOF
     my $start = Time::HiRes::time();
     for my $k (0 .. $#ids) {
         kill 'HUP', $t->pid if $k == 10 || $k == 25;
-        my $r = post($t, '/hook', hook($ids[$k]), timeout => 5);
+        my $r = $t->post_json('/hook', hook($ids[$k]), timeout => 5);
         $status{ $r->{status} }++;
         push @acc, $ids[$k] if $r->{status} >= 200 && $r->{status} < 300;
         my $next = $start + ($k + 1) * 0.05;
@@ -649,7 +537,7 @@ EOF
     ok($t->wait_for(sub {
            my $n = () = $t->error_log_since($mark) =~ /gracefully shutting down/g;
            $n >= 4 }, 5), 'trickle: two reloads, 2 old workers each');
-    ok(wait_published($t, 4, @acc), 'trickle: all accepted ids published');
+    ok($t->wait_published(4, @acc), 'trickle: all accepted ids published');
     $t->stop(timeout => 10);
     promise_ok($t, 'trickle', @acc);
 }

@@ -11,51 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
-
-my $CT = { 'Content-Type' => 'application/json' };
-
-sub ids_body {
-    my ($from, $n) = @_;
-    return DatoTest::encode_json({ ids => [ map { DatoTest::uuid_id($_) }
-                                            $from .. $from + $n - 1 ] });
-}
-
-sub publishes {
-    my ($t) = @_;
-    my @p = sort { $a->{t} <=> $b->{t} }
-            grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
-    return @p;
-}
-
-sub published_ids {
-    my %ids;
-    for my $r (@_) {
-        next unless $r->{status} == 202;
-        $ids{$_}++ for @{ $r->{ids} };
-    }
-    return \%ids;
-}
-
-# the most calls that landed within any window of $w seconds
-sub max_in_window {
-    my ($w, @reqs) = @_;
-    my @t = map { $_->{t} } @reqs;
-    my $max = 0;
-    my $j = 0;
-    for my $i (0 .. $#t) {
-        $j++ while $t[$i] - $t[$j] >= $w;
-        $max = $i - $j + 1 if $i - $j + 1 > $max;
-    }
-    return $max;
-}
-
-sub wait_for_ids {
-    my ($t, $n, $timeout) = @_;
-    return $t->wait_for(sub {
-        scalar(keys %{ published_ids(publishes($t)) }) >= $n
-    }, $timeout);
-}
+use DatoTest qw(ids_of ids_body post_req max_in_window);
 
 ###########################################################################
 # 1. a burst of 5,000 records over 2 workers: full batches, few calls
@@ -72,16 +28,15 @@ sub wait_for_ids {
     }
 EOF
 
-    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
-                       body => ids_body(100000 + $_ * 200, 200) } } 0 .. 24;
+    my @reqs = map { post_req('/hook', ids_body(ids_of(100000 + $_ * 200, 200))) } 0 .. 24;
     my @res = $t->parallel_requests(\@reqs, timeout => 20);
 
     is(scalar(grep { $_->{status} == 202 } @res), 25,
        'burst: 25 webhooks of 200 records answered 202');
 
-    ok(wait_for_ids($t, 5000, 20), 'burst: all 5,000 records published');
+    ok($t->wait_published(20, ids_of(100000, 5000)), 'burst: all 5,000 records published');
 
-    my @p = publishes($t);
+    my @p = $t->publishes;
     is(scalar(grep { $_->{status} == 429 } @p), 0, 'burst: no 429');
     cmp_ok(scalar(@p), '<=', 27, 'burst: at most ceil(5000/200) + 2 calls');
     cmp_ok(max_in_window(3, @p), '<', 60, 'burst: under 60 calls per 3 s');
@@ -112,17 +67,16 @@ EOF
 
     # 1,000 records in calls of 20: 50 calls, 20 per 2 s, about 5 s
 
-    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
-                       body => ids_body(200000 + $_ * 100, 100) } } 0 .. 9;
+    my @reqs = map { post_req('/hook', ids_body(ids_of(200000 + $_ * 100, 100))) } 0 .. 9;
     my $t0 = Time::HiRes::time();
     my @res = $t->parallel_requests(\@reqs, timeout => 20);
 
     is(scalar(grep { $_->{status} == 202 } @res), 10,
        'limited: 10 webhooks answered 202');
 
-    ok(wait_for_ids($t, 1000, 20), 'limited: all 1,000 records published');
+    ok($t->wait_published(20, ids_of(200000, 1000)), 'limited: all 1,000 records published');
 
-    my @p = publishes($t);
+    my @p = $t->publishes;
     is(scalar(grep { $_->{status} == 429 } @p), 0, 'limited: no 429');
     cmp_ok(max_in_window(2, @p), '<=', 20,
            'limited: at most 20 calls in any 2 s, both workers together');
@@ -164,28 +118,25 @@ EOF
 
     $t->mock_faults([{ status => 429, reset => 2 }]);
 
-    my $r = $t->json_request(method => 'POST', path => '/hook',
-                             headers => $CT, body => ids_body(300000, 1));
+    my $r = $t->post_json('/hook', ids_body(ids_of(300000, 1)));
     is($r->{status}, 202, '429: first webhook queued');
 
-    ok($t->wait_for(sub { scalar(publishes($t)) >= 1 }, 5),
+    ok($t->wait_for(sub { scalar($t->publishes) >= 1 }, 5),
        '429: first call made');
 
-    my ($first) = publishes($t);
+    my ($first) = $t->publishes;
     is($first->{status}, 429, '429: the mock refused it');
 
     # records that arrive during the pause
 
     for my $i (1 .. 10) {
-        $r = $t->json_request(method => 'POST', path => '/hook',
-                              headers => $CT,
-                              body => ids_body(300000 + $i, 1));
+        $r = $t->post_json('/hook', ids_body(ids_of(300000 + $i, 1)));
         Time::HiRes::sleep(0.1);
     }
 
-    ok(wait_for_ids($t, 11, 8), '429: every record published after it');
+    ok($t->wait_published(8, ids_of(300000, 11)), '429: every record published after it');
 
-    my @p = publishes($t);
+    my @p = $t->publishes;
     my @after = grep { $_->{t} > $first->{t} } @p;
 
     cmp_ok($after[0]{t} - $first->{t}, '>=', 1.95,
@@ -203,8 +154,7 @@ EOF
 
     $t->mock_faults([{ status => 429, reset => 1 }]);
 
-    $r = $t->json_request(method => 'POST', path => '/job', headers => $CT,
-                          body => ids_body(300100, 1));
+    $r = $t->post_json('/job', ids_body(ids_of(300100, 1)));
     is($r->{status}, 202, '429: waiting webhook answered 202');
     is($r->{json}{meta}{status}, 'accepted', '429: ... with its job');
     like($r->{json}{data}[0]{id} // '', qr/^\d+$/, '429: ... and a job id');
@@ -233,16 +183,15 @@ EOF
     }
 EOF
 
-    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
-                       body => ids_body(400000 + $_, 1) } } 0 .. 19;
+    my @reqs = map { post_req('/hook', ids_body(ids_of(400000 + $_, 1))) } 0 .. 19;
     my @res = $t->parallel_requests(\@reqs, timeout => 20);
 
     is(scalar(grep { $_->{status} == 202 } @res), 20,
        'storm: 20 webhooks answered 202');
 
-    ok(wait_for_ids($t, 20, 25), 'storm: all 20 records published');
+    ok($t->wait_published(25, ids_of(400000, 20)), 'storm: all 20 records published');
 
-    my @p = publishes($t);
+    my @p = $t->publishes;
     cmp_ok(scalar(grep { $_->{status} == 429 } @p), '>', 0,
            'storm: the API did refuse calls');
     $t->log_unlike(qr/gave up/, 'storm: nothing given up');

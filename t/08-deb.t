@@ -185,16 +185,14 @@ unlike($t->read_file('nginx.conf'), qr/^\s*load_module/m,
        'the test configuration has no load_module of its own');
 
 my $id = DatoTest::uuid_id(8001);
-my $r = $t->json_request(method => 'POST', path => '/webhooks/dato',
-                         headers => { 'Content-Type' => 'application/json' },
-                         body => DatoTest::webhook(id => $id));
+my $r = $t->post_json('/webhooks/dato', DatoTest::hook($id));
 is($r->{status}, 202, 'webhook answered 202') or diag $r->{raw};
 is(ref $r->{json} eq 'HASH' && $r->{json}{meta}{status}, 'accepted',
    'meta.status accepted');
 is(ref $r->{json} eq 'HASH' && ref $r->{json}{data} eq 'ARRAY'
        && $r->{json}{data}[0]{type}, 'job', 'the answer carries the job');
 
-my @req = grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
+my @req = $t->publishes;
 is(scalar @req, 1, 'one bulk publish call');
 is($req[0]{status}, 202, 'the mock accepted the call');
 is_deeply($req[0]{ids}, [$id], 'the mock got the record');

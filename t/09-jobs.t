@@ -13,21 +13,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use POSIX ();
-use DatoTest;
-
-my $CT = { 'Content-Type' => 'application/json' };
-
-sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
-
-sub publishes_of {
-    my ($tt, @ids) = @_;
-    my %want = map { $_ => 1 } @ids;
-    my @r = sort { $a->{t} <=> $b->{t} } grep {
-        $_->{method} eq 'POST' && $_->{path} =~ m{^/items/bulk/publish}
-            && grep { $want{$_} } @{ $_->{ids} || [] }
-    } $tt->mock_requests;
-    return wantarray ? @r : scalar @r;
-}
+use DatoTest qw(ids_of hook ids_body max_in_window);
 
 sub polls_of {
     my ($tt, @jobs) = @_;
@@ -38,19 +24,6 @@ sub polls_of {
     return wantarray ? @r : scalar @r;
 }
 
-# the most calls that landed within any window of $w seconds
-sub max_in_window {
-    my ($w, @reqs) = @_;
-    my @t = sort { $a <=> $b } map { $_->{t} } @reqs;
-    my $max = 0;
-    my $j = 0;
-    for my $i (0 .. $#t) {
-        $j++ while $t[$i] - $t[$j] >= $w;
-        $max = $i - $j + 1 if $i - $j + 1 > $max;
-    }
-    return $max;
-}
-
 # "2024/05/14 09:12:03" -> epoch seconds (local time, as nginx logs)
 sub log_time {
     my ($s) = @_;
@@ -59,22 +32,14 @@ sub log_time {
     return POSIX::mktime($se, $mi, $h, $d, $mo - 1, $y - 1900);
 }
 
-sub body_ids { DatoTest::encode_json({ ids => [@_] }) }
-
-sub post {
-    my ($tt, $path, $body, %a) = @_;
-    return $tt->json_request(method => 'POST', path => $path, body => $body,
-                             headers => $CT, %a);
-}
-
 # queue a fault (if any), post the ids with "wait none", wait until the
 # mock has the bulk call: returns (its job id, the webhook's answer)
 sub publish_none {
     my ($tt, $path, $fault, @ids) = @_;
     $tt->mock_faults($fault) if $fault;
-    my $r = post($tt, $path, body_ids(@ids));
-    $tt->wait_for(sub { publishes_of($tt, @ids) }, 5, 0.05);
-    my ($c) = publishes_of($tt, @ids);
+    my $r = $tt->post_json($path, ids_body(@ids));
+    $tt->wait_for(sub { $tt->calls_for(@ids) }, 5, 0.05);
+    my ($c) = $tt->calls_for(@ids);
     return (($c && $c->{status} == 202) ? $c->{job} : undef, $r, $c);
 }
 
@@ -102,7 +67,7 @@ EOF
 
 my @rl_ids = ids_of(9000, 2);
 my $rl_t0 = Time::HiRes::time();
-my $rl_r = post($rl, '/rl', body_ids(@rl_ids));
+my $rl_r = $rl->post_json('/rl', ids_body(@rl_ids));
 
 ###########################################################################
 # the main nginx
@@ -215,8 +180,8 @@ $jobC //= 'none';
 
 {
     my ($id) = ids_of(600, 1);
-    my $r = post($t, '/result', DatoTest::webhook(id => $id));
-    my ($c) = publishes_of($t, $id);
+    my $r = $t->post_json('/result', hook($id));
+    my ($c) = $t->calls_for($id);
     my $job = $c ? $c->{job} : 'none';
     is($r->{status}, 200, 'result: 200 when the job finished') or diag $r->{raw};
     like($r->{headers}{'content-type'} // '', qr{^application/json}, 'result: JSON');
@@ -234,8 +199,8 @@ $jobC //= 'none';
 {
     my @ids = ids_of(700, 2);
     $t->mock_faults({ job => { failed => 1 } });
-    my $r = post($t, '/result', body_ids(@ids));
-    my ($c) = publishes_of($t, @ids);
+    my $r = $t->post_json('/result', ids_body(@ids));
+    my ($c) = $t->calls_for(@ids);
     my $job = $c ? $c->{job} : 'none';
     is($r->{status}, 502, 'result, failed > 0: 502') or diag $r->{raw};
     like($r->{headers}{'content-type'} // '', qr{^application/json}, 'result, failed: JSON');
@@ -253,8 +218,8 @@ $jobC //= 'none';
 {
     my ($id) = ids_of(800, 1);
     $t->mock_faults({ job => { polls => -1 } });
-    my $r = post($t, '/result2s', DatoTest::webhook(id => $id));
-    my ($c) = publishes_of($t, $id);
+    my $r = $t->post_json('/result2s', hook($id));
+    my ($c) = $t->calls_for($id);
     my $job = $c ? $c->{job} : 'none';
     is($r->{status}, 202, 'result, never finishes: 202') or diag $r->{raw};
     ok($r->{elapsed} >= 1.9 && $r->{elapsed} < 3.5,
@@ -274,13 +239,13 @@ $jobC //= 'none';
 my ($jobVars, @jobsVars);
 {
     my @ids = ids_of(1000, 3);
-    my $r = post($t, '/vars', body_ids(@ids));
+    my $r = $t->post_json('/vars', ids_body(@ids));
     is($r->{status}, 202, 'vars: 2 batches answered 202') or diag $r->{raw};
-    @jobsVars = map { $_->{job} } publishes_of($t, @ids);
+    @jobsVars = map { $_->{job} } $t->calls_for(@ids);
     is(scalar @jobsVars, 2, 'vars: two bulk calls (dato_batch_size 2, 3 ids)');
 
     my ($id) = ids_of(1100, 1);
-    $r = post($t, '/varsnone', DatoTest::webhook(id => $id));
+    $r = $t->post_json('/varsnone', hook($id));
     is($r->{status}, 202, 'vars: wait none answered 202');
 
     my $log = '';
@@ -338,7 +303,7 @@ EOF
         is($h->{accept}, 'application/json', "polls: #$i Accept");
         is($h->{'x-api-version'}, '3', "polls: #$i X-Api-Version 3");
     }
-    my ($pub) = publishes_of($t, $idA);
+    my ($pub) = $t->calls_for($idA);
     if (@p == 3 && $pub) {
         my @iv = ($p[0]{t} - $pub->{t}, $p[1]{t} - $p[0]{t}, $p[2]{t} - $p[1]{t});
         my $iv = sprintf('%.3f %.3f %.3f', @iv);

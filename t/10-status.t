@@ -10,11 +10,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
-
-my $CT = { 'Content-Type' => 'application/json' };
-
-sub ids_of { my ($from, $n) = @_; map { DatoTest::uuid_id($_) } $from .. $from + $n - 1 }
+use DatoTest qw(ids_of hook post_req);
 
 sub status_json {
     my ($tt) = @_;
@@ -54,16 +50,6 @@ sub leaves {
     return $out;
 }
 
-sub which {
-    for my $d (split /:/, $ENV{PATH} // '') {
-        return "$d/$_[0]" if -x "$d/$_[0]";
-    }
-    for my $d (qw(/usr/bin /usr/local/bin /usr/sbin)) {
-        return "$d/$_[0]" if -x "$d/$_[0]";
-    }
-    return;
-}
-
 ###########################################################################
 # two workers: one count
 
@@ -92,9 +78,7 @@ sub which {
     }
 EOF
 
-    my @reqs = map { { method => 'POST', path => '/hook', headers => $CT,
-                       body => DatoTest::webhook(id => DatoTest::uuid_id(1000 + $_)) } }
-               1 .. 40;
+    my @reqs = map { post_req('/hook', hook($_)) } ids_of(1001, 40);
     my @res = $t2->parallel_requests(\@reqs, timeout => 15);
     is(scalar(grep { $_->{status} == 202 } @res), 40, 'workers: 40 webhooks answered 202');
 
@@ -163,24 +147,20 @@ my @jobs;
 {
     my ($a, $b, $c) = ids_of(10, 3);
     for my $id ($a, $b) {
-        my $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                                 body => DatoTest::webhook(id => $id));
+        my $r = $t->post_json('/hook', hook($id));
         is($r->{status}, 202, 'sequence: accepted webhook 202') or diag $r->{raw};
         push @jobs, map { $_->{id} } @{ ($r->{json} || {})->{data} || [] };
     }
     is(scalar @jobs, 2, 'sequence: two jobs');
 
-    my $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                             body => DatoTest::webhook(id => $c, entity_type => 'upload'));
+    my $r = $t->post_json('/hook', hook($c, entity_type => 'upload'));
     is($r->{status}, 200, 'sequence: ignored by entity_type 200');
     is(($r->{json} || {})->{meta}{status}, 'ignored', 'sequence: meta.status ignored');
 
-    $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                          body => DatoTest::webhook(id => $c, event_type => 'publish',
-                                                    status => 'published'));
+    $r = $t->post_json('/hook', hook($c, event_type => 'publish', status => 'published'));
     is($r->{status}, 200, 'sequence: ignored by event_type 200');
 
-    $r = $t->request(method => 'POST', path => '/hook', headers => $CT, body => '{"foo":1}');
+    $r = $t->post_json('/hook', '{"foo":1}');
     is($r->{status}, 422, 'sequence: invalid webhook 422');
 
     $r = $t->request(method => 'GET', path => '/hook');
@@ -188,7 +168,7 @@ my @jobs;
 
     $r = $t->request(method => 'POST', path => '/hook',
                      headers => { 'Content-Type' => 'text/plain' },
-                     body => DatoTest::webhook(id => $c));
+                     body => hook($c));
     is($r->{status}, 415, 'sequence: text/plain 415');
 }
 
@@ -240,8 +220,7 @@ is($json->{last_api_error}, undef, 'status: no API error yet');
 {
     $t->mock_faults({ status => 429, reset => 1 });
     my ($id) = ids_of(20, 1);
-    my $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                             body => DatoTest::webhook(id => $id));
+    my $r = $t->post_json('/hook', hook($id));
     is($r->{status}, 202, '429: the webhook is still accepted after a retry')
         or diag $r->{raw};
     my $j = status_json($t);
@@ -254,8 +233,7 @@ is($json->{last_api_error}, undef, 'status: no API error yet');
 
     $t->mock_faults({ status => 500 });
     ($id) = ids_of(21, 1);
-    $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                          body => DatoTest::webhook(id => $id));
+    $r = $t->post_json('/hook', hook($id));
     is($r->{status}, 202, '500: the webhook is still accepted after a retry')
         or diag $r->{raw};
     $j = status_json($t);
@@ -285,7 +263,7 @@ is($json->{last_api_error}, undef, 'status: no API error yet');
     $p //= {};
     my $body = $r->{body} // '';
 
-    my $promtool = which('promtool');
+    my $promtool = DatoTest::_which('promtool');
     if ($promtool) {
         my $file = $t->write_file('metrics.txt', $body);
         my $out = `'$promtool' check metrics < '$file' 2>&1`;
@@ -352,8 +330,7 @@ is($json->{last_api_error}, undef, 'status: no API error yet');
     is($after->{'jobs.done'}, $before->{'jobs.done'}, 'reload: jobs.done kept');
 
     my ($id) = ids_of(30, 1);
-    my $r = $t->json_request(method => 'POST', path => '/hook', headers => $CT,
-                             body => DatoTest::webhook(id => $id));
+    my $r = $t->post_json('/hook', hook($id));
     is($r->{status}, 202, 'reload: a webhook after it');
     my $later = leaves(scalar status_json($t));
     is($later->{'webhooks.received'}, $before->{'webhooks.received'} + 1,

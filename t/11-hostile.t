@@ -13,7 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
+use DatoTest qw(ids_of hook ids_body bulk_body json_headers post_req);
 
 my $TOKEN  = 'tok-SECRET-8c1f';
 my $SECRET = 's3cr3t-value';
@@ -87,29 +87,20 @@ $t->run(http => <<EOF);
     }
 EOF
 
-my $JSON_CT = { 'Content-Type' => 'application/json' };
 my @seen;       # every raw response (status line, headers, body)
 my @table;      # [input, expected answer] for t/hostile-inputs.md
 
+# a response, its raw text kept in @seen
+sub kept {
+    my ($r) = @_;
+    push @seen, $r->{raw} // '';
+    return $r;
+}
+
 sub post {
     my ($path, $body, %o) = @_;
-    $body = DatoTest::encode_json($body) if ref $body;
-    my $r = $t->request(method => 'POST', path => $path, body => $body,
-                        headers => $o{headers} // $JSON_CT,
-                        timeout => $o{timeout} // 10);
-    push @seen, $r->{raw} // '';
-    return DatoTest::_add_json($r);
-}
-
-sub publishes {
-    return grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
-}
-
-sub bulk_body {
-    my (@ids) = @_;
-    return { data => { type => 'item_bulk_publish_operation',
-                       relationships => { items => { data => [
-                           map { { type => 'item', id => $_ } } @ids ] } } } };
+    return kept($t->post_json($path, $body, headers => $o{headers} // json_headers(),
+                              timeout => $o{timeout} // 10));
 }
 
 # one JSON error object {"errors":[{"status":"N","title":..,"detail":..}]}
@@ -158,12 +149,9 @@ my $B = DatoTest::uuid_id(2);
 
 sub basic {
     my ($cred, $id) = @_;
-    my %h = %$JSON_CT;
-    $h{Authorization} = 'Basic ' . MIME::Base64::encode_base64($cred, '') if defined $cred;
-    my $r = $t->request(method => 'POST', path => '/basic', headers => \%h,
-                        body => DatoTest::encode_json({ ids => [$id] }));
-    push @seen, $r->{raw} // '';
-    return DatoTest::_add_json($r);
+    my $h = json_headers(defined $cred
+        ? (Authorization => 'Basic ' . MIME::Base64::encode_base64($cred, '')) : ());
+    return post('/basic', ids_body($id), headers => $h);
 }
 
 {
@@ -179,15 +167,13 @@ sub basic {
     is($r->{status}, 401, 'basic auth: wrong password 401');
     $r = basic('nobody:plain-Pass-17', $A);
     is($r->{status}, 401, 'basic auth: unknown user 401');
-    $r = $t->request(method => 'POST', path => '/basic',
-                     headers => { %$JSON_CT, Authorization => 'Basic %%%not-base64' },
-                     body => DatoTest::encode_json({ ids => [$A] }));
-    push @seen, $r->{raw} // '';
+    $r = post('/basic', ids_body($A),
+              headers => json_headers(Authorization => 'Basic %%%not-base64'));
     is($r->{status}, 401, 'basic auth: garbage Authorization 401');
     push @table, ['`auth_basic`: wrong password, unknown user, garbage `Authorization`', '401 (nginx\'s page)'];
 
     Time::HiRes::sleep(0.2);
-    is(scalar(publishes()), 0, 'basic auth: refused calls sent nothing to the API');
+    is(scalar($t->publishes), 0, 'basic auth: refused calls sent nothing to the API');
 
     $r = basic('editor:plain-Pass-17', $A);
     is($r->{status}, 202, 'basic auth: right {PLAIN} credentials 202') or diag $r->{raw};
@@ -197,7 +183,7 @@ sub basic {
         $r = basic('apr:apr-Pass-42', $B);
         is($r->{status}, 202, 'basic auth: right apr1 credentials 202') or diag $r->{raw};
     }
-    my @p = publishes();
+    my @p = $t->publishes;
     is_deeply([ sort map { @{ $_->{ids} } } @p ],
               [ sort($A, $apr1 =~ /^\$apr1\$/ ? $B : ()) ],
               'basic auth: the accepted records reached the API');
@@ -209,12 +195,9 @@ sub basic {
 
 sub with_secret {
     my ($name, $value, $id, %o) = @_;
-    my %h = %$JSON_CT;
-    $h{$name} = $value if defined $name;
-    my $r = $t->request(method => $o{method} // 'POST', path => '/secret', headers => \%h,
-                        body => DatoTest::encode_json({ ids => [$id] }));
-    push @seen, $r->{raw} // '';
-    return DatoTest::_add_json($r);
+    return kept($t->json_request(method => $o{method} // 'POST', path => '/secret',
+                                 headers => json_headers(defined $name ? ($name => $value) : ()),
+                                 body => ids_body($id)));
 }
 
 {
@@ -246,7 +229,7 @@ sub with_secret {
     check_error(with_secret(undef, undef, $A, method => 'GET'), 401, 'secret: GET without it');
 
     Time::HiRes::sleep(0.2);
-    is(scalar(publishes()), 0, 'secret: refused calls sent nothing to the API');
+    is(scalar($t->publishes), 0, 'secret: refused calls sent nothing to the API');
 
     my $log = $t->error_log_since($mark);
     like($log, qr/webhook without the right "X-Webhook-Secret" header/,
@@ -258,7 +241,7 @@ sub with_secret {
     is($r->{status}, 202, 'secret: right value, header name in another case: 202')
         or diag $r->{raw};
     is($r->{json} && $r->{json}{meta}{status}, 'accepted', 'secret: accepted with a job');
-    my @p = publishes();
+    my @p = $t->publishes;
     is_deeply([ map { @{ $_->{ids} } } @p ], [$B], 'secret: the record reached the API');
     push @table, ['`dato_webhook_secret`: right value, header name in another case', '202'];
 
@@ -281,12 +264,12 @@ sub with_secret {
     hostile('bulk body with 11 items, dato_max_records 10', bulk_body(@ids), 413,
             path => '/max', label => 'bulk body with 11 items, `dato_max_records 10`');
     Time::HiRes::sleep(0.2);
-    is(scalar(publishes()), 0, 'max records: nothing reached the API');
+    is(scalar($t->publishes), 0, 'max records: nothing reached the API');
 
     $r = post('/max', { ids => [ @ids[0 .. 9] ] });
     is($r->{status}, 202, '10 ids, dato_max_records 10: 202') or diag $r->{raw};
     is($r->{json} && $r->{json}{meta}{records}, 10, '10 ids: meta.records 10');
-    is(scalar(map { @{ $_->{ids} } } publishes()), 10, '10 ids: the 10 reached the API');
+    is(scalar(map { @{ $_->{ids} } } $t->publishes), 10, '10 ids: the 10 reached the API');
     push @table, ['10 IDs with `dato_max_records 10`', '202'];
 }
 
@@ -455,68 +438,51 @@ for my $c (@cases) {
 # empty and chunked bodies (nginx hands these over as a chain that ends in
 # an empty last_buf buffer)
 {
-    my $r = $t->request(method => 'POST', path => '/hook', headers => $JSON_CT, body => '');
-    push @seen, $r->{raw} // '';
-    DatoTest::_add_json($r);
+    my $r = post('/hook', '');
     check_error($r, 400, 'empty body (Content-Length: 0)');
     push @table, ['empty body (`Content-Length: 0`)', '400 (invalid JSON)'];
 
-    $r = $t->request(method => 'POST', path => '/hook', headers => $JSON_CT);
-    push @seen, $r->{raw} // '';
-    DatoTest::_add_json($r);
+    $r = post('/hook', undef);
     check_error($r, 400, 'no body at all');
     push @table, ['`POST` without a body (no `Content-Length`)', '400 (invalid JSON)'];
 
-    $r = $t->request(method => 'POST', path => '/hook', headers => $JSON_CT,
-                     body => '   ', chunked => 1);
-    push @seen, $r->{raw} // '';
-    DatoTest::_add_json($r);
+    $r = kept($t->post_json('/hook', '   ', chunked => 1));
     check_error($r, 400, 'whitespace-only chunked body');
     push @table, ['whitespace-only chunked body', '400 (invalid JSON)'];
 
-    $r = $t->request(method => 'POST', path => '/hook', headers => $JSON_CT,
-                     body => '{"ids":[{}]}', chunked => 1, chunk_size => 5);
-    push @seen, $r->{raw} // '';
-    DatoTest::_add_json($r);
+    $r = kept($t->post_json('/hook', '{"ids":[{}]}', chunked => 1, chunk_size => 5));
     check_error($r, 422, 'small chunked body with a wrong type');
     push @table, ['small chunked body `{"ids":[{}]}` (5-byte chunks)', '422 (invalid record IDs)'];
 
-    $r = $t->request(method => 'POST', path => '/hook', headers => $JSON_CT,
-                     body => '{"ids":["43012949"]}', chunked => 1);
-    push @seen, $r->{raw} // '';
-    DatoTest::_add_json($r);
+    $r = kept($t->post_json('/hook', '{"ids":["43012949"]}', chunked => 1));
     is($r->{status}, 202, 'small valid chunked body: 202 (README: chunked bodies work like small ones)')
         or diag($r->{status} ? $r->{raw} : $r->{error});
 }
 
 {
-    my $body = DatoTest::encode_json({ ids => [ map { DatoTest::uuid_id(500 + $_) } 1 .. 100 ] });
-    my $r = $t->request(method => 'POST', path => '/small', headers => $JSON_CT, body => $body);
-    push @seen, $r->{raw} // '';
+    my $body = ids_body(ids_of(501, 100));
+    my $r = post('/small', $body);
     is($r->{status}, 413, 'body above client_max_body_size: 413');
     like($r->{body} // '', qr/413 Request Entity Too Large/, '413: nginx\'s own page');
     push @table, ['body above `client_max_body_size` (`Content-Length`)', '413 (nginx\'s page)'];
 
-    $r = $t->request(method => 'POST', path => '/small', headers => $JSON_CT, body => $body,
-                     chunked => 1, chunk_size => 300);
-    push @seen, $r->{raw} // '';
+    $r = kept($t->post_json('/small', $body, chunked => 1, chunk_size => 300));
     is($r->{status}, 413, 'chunked body above client_max_body_size: 413');
     push @table, ['chunked body above `client_max_body_size`', '413 (nginx\'s page)'];
 }
 
 # ten hostile bodies at once on one worker: still all refused
 {
-    my @r = $t->parallel_requests([ map { {
-        method => 'POST', path => '/hook', headers => $JSON_CT,
-        body => $_ % 2 ? ('[' x 100_000) . (']' x 100_000) : '{"ids":[{}]}' } } 1 .. 10 ]);
-    push @seen, map { $_->{raw} // '' } @r;
+    my @r = $t->parallel_requests([ map {
+        post_req('/hook', $_ % 2 ? ('[' x 100_000) . (']' x 100_000) : '{"ids":[{}]}') } 1 .. 10 ]);
+    kept($_) for @r;
     is(scalar(grep { $_->{status} == 400 || $_->{status} == 422 } @r), 10,
        '10 hostile bodies at once: all 4xx');
 }
 
 Time::HiRes::sleep(0.3);
 {
-    my @p = publishes();
+    my @p = $t->publishes;
     my @ids = map { @{ $_->{ids} } } @p;
     # only the valid body with a 2 MB key may have been accepted
     is_deeply([ grep { $_ ne '43012949' } @ids ], [],
@@ -532,13 +498,13 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
 
 {
     $t->mock_reset;
-    my $r = post('/hook', DatoTest::webhook(id => DatoTest::uuid_id(4242)));
+    my $r = post('/hook', hook(DatoTest::uuid_id(4242)));
     is($r->{status}, 202, 'after the hostile inputs, a valid webhook still gets 202')
         or diag $r->{raw};
-    ok($t->wait_for(sub { scalar publishes() }, 3), 'and its record reaches the API');
-    $r = post('/basic', DatoTest::webhook(id => DatoTest::uuid_id(4243)),
-              headers => { %$JSON_CT, Authorization => 'Basic '
-                           . MIME::Base64::encode_base64('editor:plain-Pass-17', '') });
+    ok($t->wait_for(sub { scalar $t->publishes }, 3), 'and its record reaches the API');
+    $r = post('/basic', hook(DatoTest::uuid_id(4243)),
+              headers => json_headers(Authorization => 'Basic '
+                           . MIME::Base64::encode_base64('editor:plain-Pass-17', '')));
     is($r->{status}, 202, 'and an authenticated one too');
 }
 
@@ -588,15 +554,14 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
     $t->mock_reset;
     my $r = post('/fail', { ids => [DatoTest::uuid_id(605)] });
     is($r->{status}, 202, 'API back: 202');
-    my @p = publishes();
+    my @p = $t->publishes;
     is($p[0] && $p[0]{headers}{authorization}, "Bearer $TOKEN",
        'the API got the token (positive control)');
 }
 
 # status page, both formats
 for my $q ('', '?format=prometheus') {
-    my $r = $t->request(method => 'GET', path => "/status$q");
-    push @seen, $r->{raw} // '';
+    my $r = kept($t->request(method => 'GET', path => "/status$q"));
     is($r->{status}, 200, "status page$q: 200");
     like($r->{body} // '', qr/webhooks|dato_webhooks/, "status page$q: has counters");
     unlike($r->{raw} // '', qr/\Q$TOKEN\E/, "status page$q: no token");

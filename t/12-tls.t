@@ -14,7 +14,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest;
+use DatoTest qw(hook post_req);
 
 my $TOKEN = 'tok-SECRET-8c1f';
 
@@ -164,18 +164,6 @@ EOF
 
 $t->run(http => $conf);
 
-sub publishes {
-    return grep { $_->{path} eq '/items/bulk/publish' } $t->mock_requests;
-}
-
-sub hook {
-    my ($path, $id) = @_;
-    my $r = $t->json_request(method => 'POST', path => $path,
-                             headers => { 'Content-Type' => 'application/json' },
-                             body => DatoTest::webhook(id => $id), timeout => 10);
-    return $r;
-}
-
 sub accepted {
     my ($r, $name) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
@@ -208,16 +196,16 @@ my $C = DatoTest::uuid_id(3);
 # the plain path, as a baseline
 {
     $t->mock_reset;
-    my $r = hook('/plain', DatoTest::uuid_id(9));
+    my $r = $t->post_json('/plain', hook(DatoTest::uuid_id(9)));
     accepted($r, 'plain http');
 }
 
 # B: with the CA file
 {
     $t->mock_reset;
-    my $r = hook('/b', $B);
+    my $r = $t->post_json('/b', hook($B));
     accepted($r, 'https://127.0.0.1 with dato_api_ca_file');
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 1, 'B: one call reached the mock through HTTPS');
     is_deeply($p[0] && $p[0]{ids}, [$B], 'B: the mock got the id');
     is($p[0] && $p[0]{headers}{authorization}, "Bearer $TOKEN", 'B: with the token');
@@ -227,9 +215,9 @@ my $C = DatoTest::uuid_id(3);
 # C: by name
 {
     $t->mock_reset;
-    my $r = hook('/c', $C);
+    my $r = $t->post_json('/c', hook($C));
     accepted($r, 'https://localhost with dato_api_ca_file');
-    my @p = publishes();
+    my @p = $t->publishes;
     is_deeply([ map { @{ $_->{ids} } } @p ], [$C], 'C: the mock got the id');
     like($p[0] ? $p[0]{headers}{host} : '', qr/^localhost(?::\d+)?$/, 'C: Host: localhost');
 }
@@ -242,10 +230,8 @@ my $C = DatoTest::uuid_id(3);
               e => DatoTest::uuid_id(15), g => DatoTest::uuid_id(17));
     my @k = sort keys %id;
     my $t0 = Time::HiRes::time();
-    my @r = $t->parallel_requests([ map { {
-        method => 'POST', path => "/$_",
-        headers => { 'Content-Type' => 'application/json' },
-        body => DatoTest::webhook(id => $id{$_}) } } @k ], timeout => 12);
+    my @r = $t->parallel_requests([ map { post_req("/$_", hook($id{$_})) } @k ],
+                                  timeout => 12);
     DatoTest::_add_json($_) for @r;
     my $dt = Time::HiRes::time() - $t0;
     my %name = (a => 'A: self-signed peer, no CA file',
@@ -256,7 +242,7 @@ my $C = DatoTest::uuid_id(3);
     cmp_ok($dt, '<', 8, sprintf('refusals answered in %.1f s', $dt));
 
     Time::HiRes::sleep(0.3);
-    my @p = publishes();
+    my @p = $t->publishes;
     is(scalar @p, 0, 'no refused call reached the mock')
         or diag explain [ map { $_->{ids} } @p ];
 
@@ -278,7 +264,7 @@ my $C = DatoTest::uuid_id(3);
 # B again after the failures: the CA file still works (no cached failure)
 {
     $t->mock_reset;
-    my $r = hook('/b', DatoTest::uuid_id(21));
+    my $r = $t->post_json('/b', hook(DatoTest::uuid_id(21)));
     accepted($r, 'B again');
 }
 

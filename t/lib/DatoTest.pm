@@ -11,10 +11,44 @@ package DatoTest;
 #   $t->start_mock;
 #   $t->run(http => 'server { listen 127.0.0.1:%%PORT%%; location /hook {
 #                        dato_publish ...; } }');
-#   my $r = $t->json_request(method => 'POST', path => '/hook',
-#                            body => DatoTest::webhook(id => DatoTest::uuid_id(1)));
+#   my $r = $t->post_json('/hook', DatoTest::hook(DatoTest::uuid_id(1)));
 #   is($r->{status}, 202);
 #   $t->done; done_testing;
+#
+# Helpers shared by the test files.  Functions, imported by name
+# (use DatoTest qw(ids_of hook ...)):
+#
+#   ids_of($from, $n)      record ids uuid_id($from) .. uuid_id($from + $n - 1)
+#   hook($id, %a)          a webhook (JSON text) for record $id; %a as for
+#                          webhook_data()
+#   ids_body(@ids)         the body {"ids":[...]} (JSON text)
+#   bulk_body(@ids)        a bulk publish body {"data":{"type":
+#                          "item_bulk_publish_operation",...}} (data)
+#   json_headers(%more)    request headers { Content-Type: application/json,
+#                          %more }, a new hash each time
+#   post_req($path, $body, %a)  one JSON POST for parallel_requests()
+#   published_ids(@calls)  { id => n } over the mock records answered 202
+#   jobs_of($r)            the job ids in the data[] of a webhook's answer
+#   max_in_window($w, @calls)  the most mock records within any $w seconds
+#
+# Methods, for webhooks and what reached the mock (its records are hashes
+# with t, method, path, status, ids, job, headers, body):
+#
+#   $t->post_json($path, $body, %a)  POST $body (data is encoded first) as
+#                          application/json; %a adds to or overrides the
+#                          request() arguments; answers as json_request()
+#   $t->publishes          the mock's POST /items/bulk/publish records,
+#                          oldest first
+#   $t->calls_for(@ids)    those that carry at least one of @ids
+#   $t->published(@ids)    the ids among @ids in a call answered 202
+#   $t->wait_published($timeout, @ids)  until all of @ids are published
+#   $t->gave_up_lines      the error.log lines "gave up publishing"
+#   $t->gave_up_ids        { id => 1 } for the ids those [error] lines name
+#   $t->promise_ok($name, @ids)  one test: each of @ids (answered 2xx)
+#                          reached the mock in a call answered 202, or is
+#                          named in a "gave up publishing" error.log line
+#   $t->raw_send($path, $body)  a JSON POST on a raw socket, left unread
+#   $t->raw_read($sock, $timeout)  its answer, parsed as json_request()
 #
 # Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
 # nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
@@ -36,6 +70,10 @@ use JSON::PP ();
 use Socket ();
 use MIME::Base64 ();
 use Errno qw(EAGAIN EWOULDBLOCK EINTR);
+use Exporter 'import';
+
+our @EXPORT_OK = qw(ids_of hook ids_body bulk_body json_headers post_req
+                    published_ids jobs_of max_in_window);
 
 our $VERSION = '0.01';
 
@@ -116,9 +154,10 @@ sub new {
 
 sub tmpdir { $_[0]{tmp} }
 
+# the path of program $prog: on $PATH, else in the usual system directories
 sub _which {
     my ($prog) = @_;
-    for my $d (split /:/, $ENV{PATH} // '') {
+    for my $d ((split /:/, $ENV{PATH} // ''), qw(/usr/bin /usr/local/bin /usr/sbin)) {
         return "$d/$prog" if -x "$d/$prog";
     }
     return;
@@ -564,7 +603,7 @@ sub _mock_call {
                timeout => 10);
     if (defined $data) {
         $req{body} = $JSON->encode($data);
-        $req{headers} = { 'Content-Type' => 'application/json' };
+        $req{headers} = json_headers();
     }
     my $r = $self->request(%req);
     die "mock $method $path failed: "
@@ -866,7 +905,7 @@ sub json_request {
         if (ref $a{headers} eq 'HASH'
             && !grep { lc eq 'content-type' } keys %{ $a{headers} })
         {
-            $a{headers} = { %{ $a{headers} }, 'Content-Type' => 'application/json' };
+            $a{headers} = json_headers(%{ $a{headers} });
         }
     }
     return _add_json($self->request(%a));
@@ -1106,5 +1145,179 @@ sub webhook { $JSON->encode(webhook_data(@_)) }
 
 sub encode_json { $JSON->encode($_[-1]) }
 sub decode_json { $JSON->decode($_[-1]) }
+
+###########################################################################
+# helpers shared by the test files (listed in the header comment)
+
+# the record ids uuid_id($from) .. uuid_id($from + $n - 1)
+sub ids_of {
+    my ($from, $n) = @_;
+    return map { uuid_id($_) } $from .. $from + $n - 1;
+}
+
+# a webhook (JSON text) for record $id; %a as for webhook_data()
+sub hook { my ($id, %a) = @_; return webhook(id => $id, %a) }
+
+# the body {"ids":[...]} (JSON text)
+sub ids_body { return $JSON->encode({ ids => [@_] }) }
+
+# a bulk publish body (data, as DatoCMS's own bulk publish call has it)
+sub bulk_body {
+    my (@ids) = @_;
+    return { data => { type => 'item_bulk_publish_operation',
+                       relationships => { items => { data => [
+                           map { { type => 'item', id => $_ } } @ids ] } } } };
+}
+
+# request headers with Content-Type: application/json (a new hash each time)
+sub json_headers { return { 'Content-Type' => 'application/json', @_ } }
+
+# one POST of JSON for parallel_requests(); data in $body is encoded
+sub post_req {
+    my ($path, $body, %a) = @_;
+    $body = $JSON->encode($body) if ref $body;
+    return { method => 'POST', path => $path, headers => json_headers(),
+             body => $body, %a };
+}
+
+# the job ids in the data[] of a webhook's answer (json_request() result)
+sub jobs_of {
+    my ($r) = @_;
+    return map { $_->{id} } grep { ($_->{type} // '') eq 'job' }
+           @{ (($r->{json} || {})->{data}) || [] };
+}
+
+# the most of @calls (mock records) that landed within any $w seconds
+sub max_in_window {
+    my ($w, @calls) = @_;
+    my @t = sort { $a <=> $b } map { $_->{t} } @calls;
+    my $max = 0;
+    my $j = 0;
+    for my $i (0 .. $#t) {
+        $j++ while $t[$i] - $t[$j] >= $w;
+        $max = $i - $j + 1 if $i - $j + 1 > $max;
+    }
+    return $max;
+}
+
+# POST $body (data is encoded) with Content-Type: application/json;
+# %a adds or overrides request() arguments; the answer as json_request()
+sub post_json {
+    my ($self, $path, $body, %a) = @_;
+    $body = $JSON->encode($body) if ref $body;
+    return $self->json_request(method => 'POST', path => $path, body => $body,
+                               headers => json_headers(), %a);
+}
+
+# the mock's bulk publish calls (POST /items/bulk/publish), oldest first
+sub publishes {
+    my ($self) = @_;
+    my @c = sort { $a->{t} <=> $b->{t} }
+            grep { $_->{method} eq 'POST'
+                   && $_->{path} =~ m{^/items/bulk/publish(?:\?|\z)} }
+            $self->mock_requests;
+    return @c;
+}
+
+# the bulk publish calls that carry at least one of @ids, oldest first
+sub calls_for {
+    my ($self, @ids) = @_;
+    my %want = map { $_ => 1 } @ids;
+    my @c = grep { grep { $want{$_} } @{ $_->{ids} || [] } } $self->publishes;
+    return @c;
+}
+
+# { id => number of calls } over those of @calls (mock records) that the
+# mock answered 202
+sub published_ids {
+    my (@calls) = @_;
+    my %ids;
+    for my $c (@calls) {
+        next unless $c->{status} == 202;
+        $ids{$_}++ for @{ $c->{ids} || [] };
+    }
+    return \%ids;
+}
+
+# the ids among @ids that were part of a call the mock answered 202
+sub published {
+    my ($self, @ids) = @_;
+    my $got = published_ids($self->calls_for(@ids));
+    return grep { $got->{$_} } @ids;
+}
+
+# wait (up to $timeout s) until every one of @ids is published
+sub wait_published {
+    my ($self, $timeout, @ids) = @_;
+    return $self->wait_for(sub { $self->published(@ids) == @ids }, $timeout, 0.05);
+}
+
+# the error.log lines that give records up
+sub gave_up_lines {
+    my ($self) = @_;
+    return grep { /gave up publishing/ } split /\n/, $self->error_log;
+}
+
+# { id => 1 } for every id named in an "[error] ... gave up publishing ...,
+# records (part i of n): ID ID ..." line
+sub gave_up_ids {
+    my ($self) = @_;
+    my %g;
+    for my $l ($self->gave_up_lines) {
+        next unless $l =~ /\[error\].*gave up publishing/;
+        my ($list) = $l =~ /records \(part \d+ of \d+\): (.*)$/ or next;
+        $g{$_} = 1 for grep { length } split /[\s,]+/, $list;
+    }
+    return \%g;
+}
+
+# the promise: every one of @ids (those answered 2xx) reached the mock in a
+# call answered 202, or is named in a "gave up publishing" error.log line.
+# One test named $name; returns true if it passed.
+sub promise_ok {
+    my ($self, $name, @ids) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my %seen;
+    @ids = grep { !$seen{$_}++ } @ids;
+    my %pub = map { $_ => 1 } $self->published(@ids);
+    my $gave = $self->gave_up_ids;
+    my @lost = grep { !$pub{$_} && !$gave->{$_} } @ids;
+    Test::More::ok(@ids && !@lost, $name)
+        or Test::More::diag('lost: ' . join(' ', @lost[0 .. _min(9, $#lost)])
+                            . (@lost > 10 ? ' ...' : ''));
+    return !@lost;
+}
+
+# a POST of JSON on a raw socket, left unread (for answers that come later,
+# or clients that go away): the socket, or undef
+sub raw_send {
+    my ($self, $path, $body) = @_;
+    $body = $JSON->encode($body) if ref $body;
+    my $s = $self->raw_connect or return;
+    my $req = $self->_build_request({ method => 'POST', path => $path, body => $body,
+                                      headers => json_headers() });
+    local $SIG{PIPE} = 'IGNORE';
+    syswrite($s, $req) == length $req or return;
+    return $s;
+}
+
+# the answer on a raw_send() socket within $timeout s (then closed), parsed
+# as json_request() does
+sub raw_read {
+    my ($self, $s, $timeout) = @_;
+    return { status => 0, error => 'not sent' } unless $s;
+    my $buf = '';
+    my $deadline = Time::HiRes::time() + $timeout;
+    my $sel = IO::Select->new($s);
+    while ((my $left = $deadline - Time::HiRes::time()) > 0) {
+        next unless $sel->can_read($left);
+        my $n = sysread($s, $buf, 65536, length $buf);
+        last unless $n;
+    }
+    close $s;
+    my $r = _parse_response($buf, 1, 0);
+    $r->{raw} = $buf;
+    return _add_json($r);
+}
 
 1;

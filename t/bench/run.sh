@@ -1,0 +1,48 @@
+#!/bin/bash
+# "make bench": the benchmarks of issue 7 (see t/bench/bench.pl for what
+# each measurement does).  Prints a markdown table of results on stdout,
+# progress on stderr.  Everything runs on 127.0.0.1 and stops by itself.
+#
+#   t/bench/run.sh                 full run (about 4-5 minutes)
+#   BENCH_QUICK=1 t/bench/run.sh   shorter runs (about 1.5 minutes)
+#   BENCH_ONLY=1,2 t/bench/run.sh  some measurements only
+#
+# Environment: DATO_MODULE (default build/ngx_http_dato_module.so),
+# BENCH_TIMEOUT (hard limit of the whole run in seconds, default 600),
+# and the BENCH_* variables described at the top of bench.pl.
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+
+export DATO_MODULE=${DATO_MODULE:-$top/build/ngx_http_dato_module.so}
+
+if [ ! -f "$DATO_MODULE" ]; then
+    echo "bench: module $DATO_MODULE not found: run make first" >&2
+    exit 2
+fi
+
+# the tools, installed only when missing (root)
+missing=""
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
+command -v callgrind_annotate >/dev/null 2>&1 || missing="$missing valgrind"
+command -v perl >/dev/null 2>&1 || missing="$missing perl"
+[ -x /usr/sbin/nginx ] || missing="$missing nginx"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bench: missing:$missing (run as root to install them)" >&2
+        exit 2
+    fi
+    echo "bench: installing:$missing" >&2
+    apt-get update -q >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends $missing >&2 || exit 2
+fi
+
+# 1,000 flood connections and 10,000 waiting webhooks need file
+# descriptors: as many as the hard limit allows (root may raise it)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# a hard bound on the whole run; bench.pl kills what it started on TERM
+exec timeout -k 15 "${BENCH_TIMEOUT:-600}" perl "$here/bench.pl"
