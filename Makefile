@@ -23,7 +23,8 @@ PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
               perl curl prometheus valgrind openssl
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test run clean deb test-deb test-src valgrind fuzz sanitize
+.PHONY: all deps test run clean deb test-deb test-src valgrind fuzz sanitize \
+        bench
 
 all: $(MODULE)
 
@@ -90,6 +91,11 @@ valgrind: deps
 # nginx built from a source tree, module dynamic and built in
 test-src:
 	sh t/srcbuild.sh
+
+# benchmarks against nginx itself and the API's ceiling (t/bench/run.sh)
+bench: deps
+	$(MAKE) all
+	bash t/bench/run.sh
 
 # Debian package: build/deb/libnginx-mod-http-dato_<version>_<arch>.deb
 deb:

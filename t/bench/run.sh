@@ -8,7 +8,7 @@
 #   BENCH_ONLY=1,2 t/bench/run.sh  some measurements only
 #
 # Environment: DATO_MODULE (default build/ngx_http_dato_module.so),
-# BENCH_TIMEOUT (hard limit of the whole run in seconds, default 600),
+# BENCH_TIMEOUT (hard limit of the whole run in seconds, default 480),
 # and the BENCH_* variables described at the top of bench.pl.
 set -u
 
@@ -45,4 +45,4 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # a hard bound on the whole run; bench.pl kills what it started on TERM
-exec timeout -k 15 "${BENCH_TIMEOUT:-600}" perl "$here/bench.pl"
+exec timeout -k 15 "${BENCH_TIMEOUT:-480}" perl "$here/bench.pl"
