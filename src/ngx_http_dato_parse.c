@@ -58,6 +58,24 @@ int
 ngx_http_dato_parse(const char *buf, size_t len, unsigned events,
     size_t max_ids, ngx_http_dato_parse_result_t *res)
 {
+    int  rc;
+
+    memset(res, 0, sizeof(ngx_http_dato_parse_result_t));
+
+    rc = ngx_http_dato_scan(buf, len, events, max_ids, res);
+
+    if (rc != NGX_HTTP_DATO_SCAN_DECLINED) {
+        return rc;
+    }
+
+    return ngx_http_dato_parse_json(buf, len, events, max_ids, res);
+}
+
+
+int
+ngx_http_dato_parse_json(const char *buf, size_t len, unsigned events,
+    size_t max_ids, ngx_http_dato_parse_result_t *res)
+{
     int           rc;
     json_t       *v;
     json_error_t  err;

@@ -4,7 +4,9 @@
  *
  * The payload parser: turns a webhook body into record IDs.  It knows
  * jansson and DatoCMS IDs, and nothing of nginx, so that it can be built
- * and fuzzed on its own.
+ * and fuzzed on its own.  ngx_http_dato_scan() (ngx_http_dato_scan.c) is
+ * its fast path, ngx_http_dato_parse_json() the jansson one that decides
+ * whatever the fast path leaves.
  */
 
 
@@ -26,6 +28,9 @@
 #define NGX_HTTP_DATO_PARSE_BAD_JSON 400
 #define NGX_HTTP_DATO_PARSE_TOO_MANY 413
 #define NGX_HTTP_DATO_PARSE_INVALID  422
+
+/* the fast path leaves the body to jansson */
+#define NGX_HTTP_DATO_SCAN_DECLINED  0
 
 /* dato_publish_events bits */
 #define NGX_HTTP_DATO_EVENT_CREATE     0x01
@@ -61,6 +66,10 @@ typedef struct {
 
 
 int ngx_http_dato_parse(const char *buf, size_t len, unsigned events,
+    size_t max_ids, ngx_http_dato_parse_result_t *res);
+int ngx_http_dato_parse_json(const char *buf, size_t len, unsigned events,
+    size_t max_ids, ngx_http_dato_parse_result_t *res);
+int ngx_http_dato_scan(const char *buf, size_t len, unsigned events,
     size_t max_ids, ngx_http_dato_parse_result_t *res);
 void ngx_http_dato_parse_free(ngx_http_dato_parse_result_t *res);
 int ngx_http_dato_valid_id(const char *p, size_t len);

@@ -8,7 +8,8 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined \
  *       -fno-sanitize-recover=undefined -I src \
- *       t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c -ljansson
+ *       t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c src/ngx_http_dato_scan.c \
+ *       -ljansson
  *
  * Each input is
  *
@@ -47,6 +48,8 @@
 
 static void fail(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
+static void check_same(const ngx_http_dato_parse_result_t *fast,
+    const ngx_http_dato_parse_result_t *slow);
 static void check_result(const uint8_t *data, size_t size, unsigned events,
     size_t max_ids, int rc, const ngx_http_dato_parse_result_t *res);
 static void check_detail(const char *what, const char *s, size_t max);
@@ -72,19 +75,90 @@ fail(const char *fmt, ...)
 }
 
 
+/*
+ * The fast path (ngx_http_dato_scan) must agree with the jansson path
+ * whenever it decides: same status, same IDs in the same order, same
+ * environment, same reason.
+ */
+
+static void
+check_same(const ngx_http_dato_parse_result_t *fast,
+    const ngx_http_dato_parse_result_t *slow)
+{
+    size_t  i;
+
+    if (fast->status != slow->status) {
+        fail("fast path says %d, jansson says %d", fast->status,
+             slow->status);
+    }
+
+    if (fast->nids != slow->nids) {
+        fail("fast path has %zu IDs, jansson %zu", fast->nids, slow->nids);
+    }
+
+    for (i = 0; i < fast->nids; i++) {
+        if (fast->ids[i].len != slow->ids[i].len
+            || memcmp(fast->ids[i].data, slow->ids[i].data, fast->ids[i].len)
+               != 0)
+        {
+            fail("fast path and jansson differ at ID %zu", i);
+        }
+    }
+
+    if (fast->environment.len != slow->environment.len
+        || (fast->environment.len
+            && memcmp(fast->environment.data, slow->environment.data,
+                      fast->environment.len) != 0))
+    {
+        fail("fast path and jansson differ on the environment");
+    }
+
+    if ((fast->reason == NULL) != (slow->reason == NULL)
+        || (fast->reason && strcmp(fast->reason, slow->reason) != 0)
+        || strcmp(fast->detail, slow->detail) != 0)
+    {
+        fail("fast path and jansson differ on the reason or the detail");
+    }
+}
+
+
 static void
 run_parser(const uint8_t *data, size_t size, unsigned events, size_t max_ids)
 {
-    int                           rc;
-    ngx_http_dato_parse_result_t  res;
+    int                           rc, fast_rc;
+    ngx_http_dato_parse_result_t  res, fast;
 
-    /* garbage in the result must not matter: the parser clears it */
+    /* the fast path alone, then the whole parser must say the same */
+
+    memset(&fast, 0, sizeof(fast));
+
+    fast_rc = ngx_http_dato_scan((const char *) data, size, events, max_ids,
+                                 &fast);
+
     memset(&res, 0xa5, sizeof(res));
 
     rc = ngx_http_dato_parse((const char *) data, size, events, max_ids,
                              &res);
 
+    if (fast_rc != NGX_HTTP_DATO_SCAN_DECLINED && rc != fast_rc) {
+        fail("the parser says %d, its fast path %d", rc, fast_rc);
+    }
+
+    ngx_http_dato_parse_free(&res);
+
+    /* garbage in the result must not matter: the parser clears it */
+    memset(&res, 0xa5, sizeof(res));
+
+    rc = ngx_http_dato_parse_json((const char *) data, size, events, max_ids,
+                                  &res);
+
     check_result(data, size, events, max_ids, rc, &res);
+
+    if (fast_rc != NGX_HTTP_DATO_SCAN_DECLINED) {
+        check_same(&fast, &res);
+    }
+
+    ngx_http_dato_parse_free(&fast);
 
     ngx_http_dato_parse_free(&res);
 

@@ -67,7 +67,8 @@ build() {
     mkdir -p "$out"
     "$CLANG" -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined -Wall -Wextra \
-        -I src t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c -ljansson \
+        -I src t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c \
+        src/ngx_http_dato_scan.c -ljansson \
         -o "$bin.new" > "$out/build.log" 2>&1
 }
 
