@@ -435,7 +435,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
         ngx_del_timer(&batch->timer);
     }
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot);
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot, 0);
 
     if (wait) {
 
@@ -688,9 +688,14 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
         return;
     }
 
-    /* polls count against the API's limit like every other call */
+    /*
+     * polls count against the API's limit like every other call, and give
+     * way to publishes: a quarter of the limit stays free for them
+     */
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot);
+    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot,
+                                      ngx_max(batch->target->rate.limit / 4,
+                                              1));
 
     if (wait) {
         ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);

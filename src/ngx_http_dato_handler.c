@@ -352,6 +352,7 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 {
     u_char                detail[128];
     json_t               *jobs, *job;
+    ngx_buf_t            *b;
     ngx_uint_t            i;
     ngx_http_dato_job_t  *ids;
 
@@ -392,6 +393,27 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 
     if (w && w->result && !queued) {
         return ngx_http_dato_result(r, w);
+    }
+
+    if (w == NULL || w->jobs.nelts == 0) {
+
+        /* the answer of every "dato_publish_wait none" webhook: no jansson */
+
+        b = ngx_create_temp_buf(r->pool,
+                                sizeof("{\"data\":[],\"meta\":{\"records\":,"
+                                       "\"status\":\"accepted\"}}\n")
+                                + NGX_INT_T_LEN);
+        if (b == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        b->last = ngx_sprintf(b->pos,
+                              "{\"data\":[],\"meta\":{\"records\":%ui,"
+                              "\"status\":\"%s\"}}\n",
+                              records, queued ? "queued" : "accepted");
+
+        return ngx_http_dato_output(r, NGX_HTTP_ACCEPTED, "application/json",
+                                    b);
     }
 
     jobs = json_array();

@@ -168,13 +168,17 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 /*
  * 0 when a call may leave now (it takes "slot", to be released when the
  * call is answered), or how many ms to wait: at most "limit" calls in any
- * "period", none while a 429 pause lasts
+ * "period", none while a 429 pause lasts.  A call that can wait (a job
+ * poll) asks for "reserve" more free slots than it takes, so that it never
+ * takes one that a publish is waiting for.
  */
 
 ngx_msec_t
-ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot)
+ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
+    ngx_uint_t reserve)
 {
     ngx_msec_t                now, oldest, wait;
+    ngx_uint_t                i, free;
     ngx_http_dato_bucket_t   *bucket;
     ngx_http_dato_shm_ctx_t  *ctx;
 
@@ -209,6 +213,25 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot)
     {
         wait = rate->period - (now - oldest);
         goto done;
+    }
+
+    if (reserve) {
+        free = 0;
+
+        for (i = 0; i < bucket->limit; i++) {
+            if (!bucket->out[i]
+                && (bucket->sent[i] == 0
+                    || (ngx_msec_int_t) (now - bucket->sent[i])
+                       >= (ngx_msec_int_t) rate->period))
+            {
+                free++;
+            }
+        }
+
+        if (free <= reserve) {
+            wait = ngx_max(rate->period / bucket->limit, 50);
+            goto done;
+        }
     }
 
     *slot = bucket->next;

@@ -107,7 +107,7 @@ typedef struct {
 
 ngx_shm_zone_t *ngx_http_dato_shm_add(ngx_conf_t *cf);
 ngx_msec_t ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate,
-    ngx_uint_t *slot);
+    ngx_uint_t *slot, ngx_uint_t reserve);
 void ngx_http_dato_rate_release(ngx_http_dato_rate_t *rate, ngx_uint_t slot);
 void ngx_http_dato_rate_pause(ngx_http_dato_rate_t *rate, ngx_msec_t ms);
 
