@@ -227,6 +227,7 @@ static void
 ngx_http_dato_scan_object(ngx_http_dato_scan_t *s, int at)
 {
     int                   inner, nkeys, i;
+    uint64_t              seen, bit;
     ngx_http_dato_tok_t   key, value, *slot;
     ngx_http_dato_tok_t   keys[NGX_HTTP_DATO_SCAN_KEYS];
 
@@ -242,6 +243,7 @@ ngx_http_dato_scan_object(ngx_http_dato_scan_t *s, int at)
 
     s->p++;
     nkeys = 0;
+    seen = 0;
 
     ngx_http_dato_scan_ws(s);
 
@@ -267,14 +269,28 @@ ngx_http_dato_scan_object(ngx_http_dato_scan_t *s, int at)
             return;
         }
 
-        for (i = 0; i < nkeys; i++) {
-            if (keys[i].len == key.len
-                && memcmp(keys[i].data, key.data, key.len) == 0)
-            {
-                s->failed = 1;
-                return;
+        /*
+         * a key is compared with the others only when one of them has the
+         * same length and ends: a 64-bit summary of the keys seen
+         */
+
+        bit = (uint64_t) 1 << ((key.len * 7
+                                + (key.len ? key.data[0] + key.data[key.len - 1]
+                                           : 0))
+                               & 63);
+
+        if (seen & bit) {
+            for (i = 0; i < nkeys; i++) {
+                if (keys[i].len == key.len
+                    && memcmp(keys[i].data, key.data, key.len) == 0)
+                {
+                    s->failed = 1;
+                    return;
+                }
             }
         }
+
+        seen |= bit;
 
         keys[nkeys++] = key;
 

@@ -54,7 +54,8 @@ EOF
     dato_api_url %%MOCK%%;
     dato_api_token test-token;
     server {
-        listen 127.0.0.1:%%PORT%%;
+        # reuseport: the kernel spreads the connections over both workers
+        listen 127.0.0.1:%%PORT%% reuseport;
         location /hook {
             dato_publish;
             dato_publish_wait none;
