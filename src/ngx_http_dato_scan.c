@@ -123,8 +123,10 @@ static const unsigned char  ngx_http_dato_stop[256] = {
 };
 
 
+/* whitespace is at most ' ': most bytes are out at the first compare */
+
 #define ngx_http_dato_scan_ws(s)                                              \
-    while ((s)->p < (s)->end                                                  \
+    while ((s)->p < (s)->end && *(s)->p <= ' '                                \
            && (*(s)->p == ' ' || *(s)->p == '\n' || *(s)->p == '\r'           \
                || *(s)->p == '\t'))                                           \
     {                                                                         \
@@ -541,12 +543,18 @@ ngx_http_dato_scan_string(ngx_http_dato_scan_t *s, ngx_http_dato_tok_t *tok)
         while (end - p >= 8) {
             memcpy(&x, p, 8);
 
-            if (((x - NGX_HTTP_DATO_ONES * 0x20)
+            x = ((x - NGX_HTTP_DATO_ONES * 0x20)
                  | ((x ^ (NGX_HTTP_DATO_ONES * '"')) - NGX_HTTP_DATO_ONES)
                  | ((x ^ (NGX_HTTP_DATO_ONES * '\\')) - NGX_HTTP_DATO_ONES)
                  | x)
-                & NGX_HTTP_DATO_HIGHS)
-            {
+                & NGX_HTTP_DATO_HIGHS;
+
+            if (x) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__)                              \
+    && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                /* the lowest flag is the first byte to look at, exactly */
+                p += __builtin_ctzll(x) / 8;
+#endif
                 break;
             }
 
