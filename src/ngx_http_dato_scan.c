@@ -87,6 +87,7 @@ static void ngx_http_dato_scan_value(ngx_http_dato_scan_t *s, int at,
     ngx_http_dato_tok_t *tok);
 static void ngx_http_dato_scan_object(ngx_http_dato_scan_t *s, int at);
 static void ngx_http_dato_scan_array(ngx_http_dato_scan_t *s, int at);
+static int ngx_http_dato_scan_next(ngx_http_dato_scan_t *s, int closer);
 static void ngx_http_dato_scan_string(ngx_http_dato_scan_t *s,
     ngx_http_dato_tok_t *tok);
 static void ngx_http_dato_scan_number(ngx_http_dato_scan_t *s);
@@ -309,28 +310,12 @@ ngx_http_dato_scan_object(ngx_http_dato_scan_t *s, int at)
 
         ngx_http_dato_scan_value(s, inner, slot ? slot : &value);
 
-        if (s->failed) {
-            return;
-        }
-
-        ngx_http_dato_scan_ws(s);
-
-        if (s->p == s->end) {
-            s->failed = 1;
-            return;
-        }
-
-        if (*s->p == ',') {
-            s->p++;
-            continue;
-        }
-
-        if (*s->p == '}') {
-            s->p++;
+        if (!ngx_http_dato_scan_next(s, '}')) {
             break;
         }
+    }
 
-        s->failed = 1;
+    if (s->failed) {
         return;
     }
 
@@ -487,28 +472,43 @@ ngx_http_dato_scan_array(ngx_http_dato_scan_t *s, int at)
             return;
         }
 
-        ngx_http_dato_scan_ws(s);
-
-        if (s->p == s->end) {
-            s->failed = 1;
-            return;
-        }
-
-        if (*s->p == ',') {
-            s->p++;
-            continue;
-        }
-
-        if (*s->p == ']') {
-            s->p++;
+        if (!ngx_http_dato_scan_next(s, ']')) {
             break;
         }
+    }
 
-        s->failed = 1;
+    if (s->failed) {
         return;
     }
 
     s->depth--;
+}
+
+
+/* after a member: 1 when a ',' says more follow, 0 at the closer or fails */
+
+static int
+ngx_http_dato_scan_next(ngx_http_dato_scan_t *s, int closer)
+{
+    if (s->failed) {
+        return 0;
+    }
+
+    ngx_http_dato_scan_ws(s);
+
+    if (s->p < s->end && *s->p == ',') {
+        s->p++;
+        return 1;
+    }
+
+    if (s->p < s->end && *s->p == closer) {
+        s->p++;
+        return 0;
+    }
+
+    s->failed = 1;
+
+    return 0;
 }
 
 
