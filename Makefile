@@ -31,16 +31,7 @@ all: $(MODULE)
 # Installs the packages the build and the tests need, only when one is
 # missing, so that a fresh machine needs nothing but "make test".
 deps:
-	@missing=""; for p in $(PACKAGES); do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-	        | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -q && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	        --no-install-recommends $$missing; \
-	fi
+	@sh t/install.sh $(PACKAGES)
 
 # configure runs once per change of the addon's config file; "make
 # modules" rebuilds only what changed.  The flags are the packaged ones

@@ -23,22 +23,7 @@ if [ ! -f "$DATO_MODULE" ]; then
 fi
 
 # the tools, installed only when missing (root)
-missing=""
-command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
-command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
-command -v callgrind_annotate >/dev/null 2>&1 || missing="$missing valgrind"
-command -v perl >/dev/null 2>&1 || missing="$missing perl"
-[ -x /usr/sbin/nginx ] || missing="$missing nginx"
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "bench: missing:$missing (run as root to install them)" >&2
-        exit 2
-    fi
-    echo "bench: installing:$missing" >&2
-    apt-get update -q >&2 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            --no-install-recommends $missing >&2 || exit 2
-fi
+sh "$(dirname "$0")/../install.sh" wrk valgrind perl nginx || exit 2
 
 # 1,000 flood connections and 10,000 waiting webhooks need file
 # descriptors: as many as the hard limit allows (root may raise it)

@@ -8,7 +8,8 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined \
  *       -fno-sanitize-recover=undefined -I src \
- *       t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c src/ngx_http_dato_scan.c \
+ *       t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c \
+ *       src/ngx_http_dato_scan.c \
  *       -ljansson
  *
  * Each input is

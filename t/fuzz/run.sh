@@ -40,27 +40,7 @@ dict=$top/t/fuzz/fuzz_parse.dict
 PACKAGES="clang libclang-rt-14-dev libjansson-dev libc6-dev"
 
 install_missing() {
-    local p missing=""
-
-    command -v dpkg-query > /dev/null || return 0
-
-    for p in $PACKAGES; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null \
-            | grep -q 'install ok installed' || missing="$missing $p"
-    done
-
-    [ -n "$missing" ] || return 0
-
-    if [ "$(id -u)" != 0 ]; then
-        echo "fuzz: missing packages:$missing (run as root to install them)" >&2
-        return 1
-    fi
-
-    echo "fuzz: installing$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $missing
+    sh "$(dirname "$0")/../install.sh" $PACKAGES
 }
 
 build() {

@@ -57,27 +57,7 @@ PACKAGES="make gcc libc6-dev libasan8 libubsan1 nginx nginx-dev
           libcurl4-openssl-dev libjansson-dev perl curl"
 
 install_missing() {
-    local p missing=""
-
-    command -v dpkg-query > /dev/null || return 0
-
-    for p in $PACKAGES; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null \
-            | grep -q 'install ok installed' || missing="$missing $p"
-    done
-
-    [ -n "$missing" ] || return 0
-
-    if [ "$(id -u)" != 0 ]; then
-        echo "sanitize: missing packages:$missing (run as root to install them)" >&2
-        return 1
-    fi
-
-    echo "sanitize: installing$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $missing
+    sh "$(dirname "$0")/../install.sh" $PACKAGES
 }
 
 install_missing
