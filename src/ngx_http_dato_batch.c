@@ -303,7 +303,6 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     }
 
     if (w) {
-        w->records += n;
         w->armed = 1;
     }
 
@@ -380,8 +379,11 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
     {
         batch = ngx_queue_data(q, ngx_http_dato_batch_t, queue);
 
+        /* an empty environment (the primary one) may have no data */
+
         if (batch->env.len == env->len
-            && ngx_memcmp(batch->env.data, env->data, env->len) == 0)
+            && (env->len == 0
+                || ngx_memcmp(batch->env.data, env->data, env->len) == 0))
         {
             return batch;
         }
@@ -404,7 +406,9 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
 
     batch->env.len = ngx_min(env->len, NGX_HTTP_DATO_ENV_MAX_LEN);
     batch->env.data = batch->env_buf;
-    ngx_memcpy(batch->env_buf, env->data, batch->env.len);
+    if (batch->env.len) {
+        ngx_memcpy(batch->env_buf, env->data, batch->env.len);
+    }
 
     ngx_queue_init(&batch->waiters);
     ngx_queue_insert_tail(&target->open, &batch->queue);

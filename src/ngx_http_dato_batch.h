@@ -70,7 +70,6 @@ struct ngx_http_dato_waiter_s {
 
     /* ngx_http_dato_job_t, allocated in pool */
     ngx_array_t                   jobs;
-    ngx_uint_t                    records;
 
     /* the first failure: DatoCMS's status, or NGX_HTTP_DATO_NO_ANSWER */
     ngx_uint_t                    failed;

@@ -28,7 +28,6 @@ struct ngx_http_dato_curl_s {
     ngx_array_t                  conns;
 
     ngx_queue_t                  xfers;
-    ngx_uint_t                   running;
 
     ngx_event_t                  timer;
 
@@ -165,16 +164,8 @@ ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
     }
 
     ngx_queue_insert_tail(&bridge->xfers, &xfer->queue);
-    bridge->running++;
 
     return NGX_OK;
-}
-
-
-ngx_uint_t
-ngx_http_dato_curl_running(ngx_http_dato_curl_t *bridge)
-{
-    return bridge->running;
 }
 
 
@@ -390,7 +381,6 @@ ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
 
     ngx_queue_remove(&xfer->queue);
     ngx_free(xfer);
-    bridge->running--;
 
     curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
     curl_multi_remove_handle(bridge->multi, easy);

@@ -33,7 +33,6 @@ ngx_http_dato_curl_t *ngx_http_dato_curl_create(ngx_log_t *log);
 void ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge);
 ngx_int_t ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
     ngx_http_dato_curl_done_pt done, void *data);
-ngx_uint_t ngx_http_dato_curl_running(ngx_http_dato_curl_t *bridge);
 void ngx_http_dato_curl_abort(ngx_http_dato_curl_t *bridge);
 
 

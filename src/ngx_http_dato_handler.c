@@ -44,7 +44,7 @@ static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
 static ngx_int_t ngx_http_dato_add_header(ngx_http_request_t *r,
     const char *name, const char *value);
 static ngx_int_t ngx_http_dato_result(ngx_http_request_t *r,
-    ngx_http_dato_waiter_t *w);
+    ngx_http_dato_waiter_t *w, ngx_uint_t records);
 static void ngx_http_dato_count(ngx_http_request_t *r, ngx_uint_t stat);
 static ngx_int_t ngx_http_dato_variable_jobs(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -215,12 +215,9 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     if (dlcf->environment.len) {
         env = dlcf->environment;
 
-    } else if (res->environment.len) {
+    } else {
         env.data = (u_char *) res->environment.data;
         env.len = res->environment.len;
-
-    } else {
-        ngx_str_set(&env, "");
     }
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_ctx_t));
@@ -309,7 +306,7 @@ ngx_http_dato_wake(ngx_http_dato_waiter_t *w)
         ngx_del_timer(c->write);
     }
 
-    rc = ngx_http_dato_answer(r, w, w->records, 0);
+    rc = ngx_http_dato_answer(r, w, ctx->records, 0);
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
@@ -337,7 +334,7 @@ ngx_http_dato_wait_handler(ngx_http_request_t *r)
     ngx_http_dato_waiter_cancel(&ctx->waiter);
 
     ngx_http_finalize_request(r, ngx_http_dato_answer(r, &ctx->waiter,
-                                                      ctx->waiter.records, 1));
+                                                      ctx->records, 1));
 }
 
 
@@ -392,7 +389,7 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     }
 
     if (w && w->result && !queued) {
-        return ngx_http_dato_result(r, w);
+        return ngx_http_dato_result(r, w, records);
     }
 
     if (w == NULL || w->jobs.nelts == 0) {
@@ -451,7 +448,8 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
  */
 
 static ngx_int_t
-ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w)
+ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
+    ngx_uint_t records)
 {
     json_t               *data, *job, *err;
     ngx_uint_t            i, failed, unknown;
@@ -500,14 +498,14 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w)
                                             "errors", err,
                                             "meta", "jobs", data,
                                             "records",
-                                            (json_int_t) w->records));
+                                            (json_int_t) records));
     }
 
     return ngx_http_dato_send(r, unknown ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK,
                               json_pack("{s:o, s:{s:I, s:s}}",
                                         "data", data,
                                         "meta",
-                                        "records", (json_int_t) w->records,
+                                        "records", (json_int_t) records,
                                         "status",
                                         unknown ? "queued" : "published"));
 }
