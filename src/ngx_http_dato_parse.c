@@ -37,7 +37,6 @@ static int ngx_http_dato_parse_list(json_t *list, int bulk,
 static void ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value);
 static int ngx_http_dato_fail(ngx_http_dato_parse_result_t *res, int status,
     const char *title, const char *fmt, ...);
-static int ngx_http_dato_b64_value(int ch);
 
 
 static const struct {
@@ -51,6 +50,27 @@ static const struct {
     { "delete", 6, NGX_HTTP_DATO_EVENT_DELETE },
     { "publish", 7, NGX_HTTP_DATO_EVENT_PUBLISH },
     { NULL, 0, 0 }
+};
+
+
+/* the value of a base64url character, -1 for the others */
+static const signed char  ngx_http_dato_b64[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1
 };
 
 
@@ -416,13 +436,12 @@ ngx_http_dato_valid_id(const char *p, size_t len)
          */
 
         for (i = 0; i < len; i++) {
-            if (ngx_http_dato_b64_value((unsigned char) p[i]) < 0) {
+            if (ngx_http_dato_b64[(unsigned char) p[i]] < 0) {
                 return 0;
             }
         }
 
-        return (ngx_http_dato_b64_value((unsigned char) p[len - 1]) & 0x0f)
-               == 0;
+        return (ngx_http_dato_b64[(unsigned char) p[len - 1]] & 0x0f) == 0;
     }
 
     if (len == 0 || len > 15 || p[0] == '0') {
@@ -478,33 +497,6 @@ ngx_http_dato_event_bit(const char *name, size_t len)
     }
 
     return 0;
-}
-
-
-static int
-ngx_http_dato_b64_value(int ch)
-{
-    if (ch >= 'A' && ch <= 'Z') {
-        return ch - 'A';
-    }
-
-    if (ch >= 'a' && ch <= 'z') {
-        return ch - 'a' + 26;
-    }
-
-    if (ch >= '0' && ch <= '9') {
-        return ch - '0' + 52;
-    }
-
-    if (ch == '-') {
-        return 62;
-    }
-
-    if (ch == '_') {
-        return 63;
-    }
-
-    return -1;
 }
 
 
