@@ -5,6 +5,7 @@
 
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ static int ngx_http_dato_parse_bulk(json_t *data,
     ngx_http_dato_parse_result_t *res);
 static int ngx_http_dato_parse_list(json_t *list, int bulk,
     ngx_http_dato_parse_result_t *res);
+static void ngx_http_dato_parse_clear(ngx_http_dato_parse_result_t *res);
 static void ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value);
 static int ngx_http_dato_fail(ngx_http_dato_parse_result_t *res, int status,
     const char *title, const char *fmt, ...);
@@ -80,7 +82,7 @@ ngx_http_dato_parse(const char *buf, size_t len, unsigned events,
 {
     int  rc;
 
-    memset(res, 0, sizeof(ngx_http_dato_parse_result_t));
+    ngx_http_dato_parse_clear(res);
 
     rc = ngx_http_dato_scan(buf, len, events, max_ids, res);
 
@@ -100,7 +102,7 @@ ngx_http_dato_parse_json(const char *buf, size_t len, unsigned events,
     json_t       *v;
     json_error_t  err;
 
-    memset(res, 0, sizeof(ngx_http_dato_parse_result_t));
+    ngx_http_dato_parse_clear(res);
 
     /*
      * duplicate keys are refused: with them a body could mean two things,
@@ -154,6 +156,15 @@ ngx_http_dato_parse_json(const char *buf, size_t len, unsigned events,
     res->status = NGX_HTTP_DATO_PARSE_PUBLISH;
 
     return res->status;
+}
+
+
+/* all but the detail text, which is written when there is one */
+
+static void
+ngx_http_dato_parse_clear(ngx_http_dato_parse_result_t *res)
+{
+    memset(res, 0, offsetof(ngx_http_dato_parse_result_t, detail) + 1);
 }
 
 

@@ -52,7 +52,6 @@ typedef struct {
 
     /* why a webhook is ignored: "entity_type" or "event_type" */
     const char                 *reason;
-    char                        detail[NGX_HTTP_DATO_DETAIL_LEN];
 
     /* the IDs point into root, which lives until ngx_http_dato_parse_free */
     ngx_http_dato_parse_str_t  *ids;
@@ -62,6 +61,9 @@ typedef struct {
     ngx_http_dato_parse_str_t   environment;
 
     json_t                     *root;
+
+    /* last: ngx_http_dato_parse() clears the fields up to its first byte */
+    char                        detail[NGX_HTTP_DATO_DETAIL_LEN];
 } ngx_http_dato_parse_result_t;
 
 

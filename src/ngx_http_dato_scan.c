@@ -22,7 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SSE2__) && defined(__GNUC__)
+/* the fuzzer builds the portable string scan too: NGX_HTTP_DATO_PORTABLE */
+
+#if defined(__SSE2__) && defined(__GNUC__) && !defined(NGX_HTTP_DATO_PORTABLE)
+#define NGX_HTTP_DATO_SSE2  1
 #include <emmintrin.h>
 #endif
 
@@ -98,6 +101,7 @@ typedef struct {
     ngx_http_dato_list_t        list;
 
     int                         escaped;
+    const unsigned char        *safe;
 } ngx_http_dato_scan_t;
 
 
@@ -154,7 +158,8 @@ static const unsigned char  ngx_http_dato_stop[256] = {
     }
 
 #define ngx_http_dato_key_is(key, len, name)                                  \
-    ((len) == sizeof(name) - 1 && memcmp(key, name, sizeof(name) - 1) == 0)
+    ((len) == sizeof(name) - 1 && (key)[0] == (name)[0]                       \
+     && memcmp(key, name, sizeof(name) - 1) == 0)
 
 
 int
@@ -189,27 +194,32 @@ ngx_http_dato_scan(const char *buf, size_t len, unsigned events,
 
 /*
  * The first byte from p on that a string cannot simply go on with (a
- * control, '"', '\', an 8-bit byte), or last.
+ * control, '"', '\', an 8-bit byte), or last.  Up to safe, 16 bytes can
+ * be read at once.
  */
 
 static inline const unsigned char *
-ngx_http_dato_scan_stop(const unsigned char *p, const unsigned char *last)
+ngx_http_dato_scan_stop(const unsigned char *p, const unsigned char *safe,
+    const unsigned char *last)
 {
-#if defined(__SSE2__) && defined(__GNUC__)
+#if (NGX_HTTP_DATO_SSE2)
 
     int      mask;
     __m128i  v;
 
-    /* a signed compare with ' ' catches the controls and 8-bit bytes */
+    /*
+     * one signed compare catches the controls, '"' and the 8-bit bytes:
+     * xor 2 turns '"' into ' ' and keeps the controls below it
+     */
 
-    while (last - p >= 16) {
+    while (p < safe) {
         v = _mm_loadu_si128((const __m128i *) p);
 
         mask = _mm_movemask_epi8(
                    _mm_or_si128(
-                       _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
-                       _mm_cmpgt_epi8(_mm_set1_epi8(' '), v)));
+                       _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')),
+                       _mm_cmpgt_epi8(_mm_set1_epi8(' ' + 1),
+                                      _mm_xor_si128(v, _mm_set1_epi8(2)))));
 
         if (mask) {
             return p + __builtin_ctz(mask);
@@ -228,7 +238,7 @@ ngx_http_dato_scan_stop(const unsigned char *p, const unsigned char *last)
      * looked at one by one below)
      */
 
-    while (last - p >= 8) {
+    while (p < safe) {
         memcpy(&x, p, 8);
 
         x = ((x - NGX_HTTP_DATO_ONES * 0x20)
@@ -291,7 +301,7 @@ ngx_http_dato_scan_string(ngx_http_dato_scan_t *s, const unsigned char *p,
             return NULL;
         }
 
-        p = ngx_http_dato_scan_stop(p, last);
+        p = ngx_http_dato_scan_stop(p, s->safe, last);
     }
 }
 
@@ -314,7 +324,7 @@ ngx_http_dato_scan_body(ngx_http_dato_scan_t *s, const unsigned char *p,
     int                         at, c, depth, escaped;
     size_t                      len;
     uint64_t                    bit;
-    const unsigned char        *last, *start;
+    const unsigned char        *last, *safe, *start;
     ngx_http_dato_tok_t        *slot;
     ngx_http_dato_level_t      *top;
     ngx_http_dato_parse_str_t  *key, *k;
@@ -337,6 +347,8 @@ ngx_http_dato_scan_body(ngx_http_dato_scan_t *s, const unsigned char *p,
     }
 
     last = end - 1;
+    safe = (last - p > 16) ? last - 15 : p;
+    s->safe = safe;
 
     top = NULL;
     depth = 0;
@@ -372,7 +384,7 @@ value:
     case '"':
         start = ++p;
 
-        p = ngx_http_dato_scan_stop(p, last);
+        p = ngx_http_dato_scan_stop(p, safe, last);
         escaped = 0;
 
         if (*p != '"') {
@@ -477,7 +489,9 @@ value:
 
 next:
 
-    ngx_http_dato_scan_ws(p);
+    if (*p <= ' ') {
+        ngx_http_dato_scan_ws(p);
+    }
 
     if (*p == ',') {
         p++;
@@ -547,15 +561,17 @@ element:
 
 key:
 
-    ngx_http_dato_scan_ws(p);
-
     if (*p != '"') {
-        return 0;
+        ngx_http_dato_scan_ws(p);
+
+        if (*p != '"') {
+            return 0;
+        }
     }
 
     start = ++p;
 
-    p = ngx_http_dato_scan_stop(p, last);
+    p = ngx_http_dato_scan_stop(p, safe, last);
 
     if (*p != '"') {
         p = ngx_http_dato_scan_string(s, p, last);
@@ -597,10 +613,12 @@ key:
 
     p++;
 
-    ngx_http_dato_scan_ws(p);
-
     if (*p != ':') {
-        return 0;
+        ngx_http_dato_scan_ws(p);
+
+        if (*p != ':') {
+            return 0;
+        }
     }
 
     p++;
