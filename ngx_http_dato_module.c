@@ -460,6 +460,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /* filled per worker: the conf is the worker's own copy after fork */
     ngx_queue_init(&target->open);
+    ngx_queue_init(&target->line);
 
     conf->target = target;
 

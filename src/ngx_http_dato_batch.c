@@ -51,6 +51,9 @@ struct ngx_http_dato_batch_s {
     /* in batcher->batches from birth to end */
     ngx_queue_t                   all;
 
+    /* in target->line while the rate limit holds it (in_line) */
+    ngx_queue_t                   line;
+
     ngx_http_dato_batcher_t      *batcher;
     ngx_http_dato_target_t       *target;
 
@@ -83,6 +86,7 @@ struct ngx_http_dato_batch_s {
     unsigned                      queued:1;
     unsigned                      finished:1;
     unsigned                      polling:1;
+    unsigned                      in_line:1;
 
     u_char                        job_buf[NGX_HTTP_DATO_JOB_LEN];
     u_char                        code_buf[NGX_HTTP_DATO_CODE_LEN];
@@ -141,6 +145,7 @@ static ngx_msec_t ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
 static void ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch,
     ngx_uint_t final);
 static void ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch);
+static void ngx_http_dato_batch_leave_line(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
     ngx_uint_t status, ngx_str_t *code, const char *why);
@@ -426,20 +431,38 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
 }
 
 
+/*
+ * The rate limit serves a worker's batches in the order they came to it:
+ * they wait in target->line, and only the first one asks for a call
+ * (its timer), so that none is passed over again and again by luckier
+ * ones.  When it goes, the next one asks at once.
+ */
+
 static void
 ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
 {
     ngx_int_t                 rc;
     ngx_msec_t                wait;
+    ngx_queue_t              *line;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
+    line = &batch->target->line;
 
     if (batch->timer.timer_set) {
         ngx_del_timer(&batch->timer);
     }
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot, 0);
+    if (batch->in_line ? ngx_queue_head(line) != &batch->line
+                       : !ngx_queue_empty(line))
+    {
+        /* others are before it */
+        wait = NGX_TIMER_INFINITE;
+
+    } else {
+        wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot,
+                                          0);
+    }
 
     if (wait) {
 
@@ -457,6 +480,15 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
             batch->state = NGX_HTTP_DATO_BATCH_WAITING;
         }
 
+        if (!batch->in_line) {
+            ngx_queue_insert_tail(line, &batch->line);
+            batch->in_line = 1;
+        }
+
+        if (wait == NGX_TIMER_INFINITE) {
+            return;
+        }
+
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, b->log, 0,
                        "dato: %ui records wait %M ms for the rate limit",
                        batch->nids, wait);
@@ -466,6 +498,8 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
         ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
         return;
     }
+
+    ngx_http_dato_batch_leave_line(batch);
 
     if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
         ngx_queue_remove(&batch->queue);
@@ -965,12 +999,46 @@ ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch)
 }
 
 
+/* out of target->line; if it was first, the next one asks at once */
+
+static void
+ngx_http_dato_batch_leave_line(ngx_http_dato_batch_t *batch)
+{
+    ngx_queue_t            *line;
+    ngx_http_dato_batch_t  *next;
+
+    if (!batch->in_line) {
+        return;
+    }
+
+    line = &batch->target->line;
+
+    if (ngx_queue_head(line) == &batch->line
+        && ngx_queue_next(&batch->line) != ngx_queue_sentinel(line))
+    {
+        next = ngx_queue_data(ngx_queue_next(&batch->line),
+                              ngx_http_dato_batch_t, line);
+
+        if (next->timer.timer_set) {
+            ngx_del_timer(&next->timer);
+        }
+
+        ngx_add_timer(&next->timer, 0);
+    }
+
+    ngx_queue_remove(&batch->line);
+    batch->in_line = 0;
+}
+
+
 static void
 ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch)
 {
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
+
+    ngx_http_dato_batch_leave_line(batch);
 
     if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
         ngx_queue_remove(&batch->queue);

@@ -44,6 +44,9 @@ typedef struct {
 
     /* per worker: the batches still filling, one per environment */
     ngx_queue_t                   open;
+
+    /* per worker: the batches held by the rate limit, oldest first */
+    ngx_queue_t                   line;
 } ngx_http_dato_target_t;
 
 

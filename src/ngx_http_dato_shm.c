@@ -30,6 +30,9 @@ typedef struct {
     ngx_msec_t                    paused_until;
     ngx_uint_t                    next;
 
+    /* the pace: when the next call is due, see ngx_http_dato_rate_pace() */
+    ngx_msec_t                    due;
+
     /*
      * the last "limit" calls, oldest at "next": when each was answered,
      * or, while "out" is set, when it left; 0 is unused
@@ -70,6 +73,8 @@ static ngx_int_t ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data);
 static ngx_msec_t ngx_http_dato_shm_now(void);
 static ngx_http_dato_bucket_t *ngx_http_dato_bucket(
     ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate);
+static ngx_msec_t ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket,
+    ngx_http_dato_rate_t *rate, ngx_msec_t now);
 
 
 static ngx_str_t  ngx_http_dato_shm_name = ngx_string("ngx_http_dato");
@@ -215,6 +220,12 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
         goto done;
     }
 
+    wait = ngx_http_dato_rate_pace(bucket, rate, now);
+
+    if (wait) {
+        goto done;
+    }
+
     if (reserve) {
         free = 0;
 
@@ -236,6 +247,10 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
 
     *slot = bucket->next;
 
+    bucket->due = ((ngx_msec_int_t) (bucket->due - now) > 0 ? bucket->due
+                                                             : now)
+                  + rate->period / bucket->limit;
+
     bucket->sent[bucket->next] = now;
     bucket->out[bucket->next] = 1;
     bucket->next = (bucket->next + 1) % bucket->limit;
@@ -246,6 +261,34 @@ done:
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
     return wait;
+}
+
+
+/*
+ * Calls keep a steady pace of one per period / limit, after a burst of a
+ * quarter of the limit, or of up to 4 calls (a "generic cell rate"): the
+ * call log alone would let a flood spend the whole budget at the start of
+ * each period and then hold every webhook for the rest of it.  0 when a
+ * call may leave now, or how many ms to wait.
+ */
+
+static ngx_msec_t
+ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket,
+    ngx_http_dato_rate_t *rate, ngx_msec_t now)
+{
+    ngx_msec_t      gap;
+    ngx_uint_t      burst;
+    ngx_msec_int_t  ahead;
+
+    gap = rate->period / bucket->limit;
+    burst = ngx_max(bucket->limit / 4, ngx_min(bucket->limit, 4));
+
+    /* how far the calls are ahead of the pace, beyond the burst allowed */
+
+    ahead = (ngx_msec_int_t) (bucket->due - now)
+            - (ngx_msec_int_t) (gap * (burst - 1));
+
+    return ahead > 0 ? (ngx_msec_t) ahead : 0;
 }
 
 

@@ -200,4 +200,99 @@ EOF
     $t->done;
 }
 
+###########################################################################
+# 5. the line: batches held by the rate limit go out in the order they came
+#    (one worker; 4 calls per 2 s, so 6 of 10 single-record batches wait)
+
+{
+    my $t = DatoTest->new(workers => 1);
+    $t->start_mock('--limit', '1000');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 10ms;
+            dato_rate_limit 4 2s;
+            dato_job_poll off;
+        }
+    }
+EOF
+
+    my @ids = ids_of(500000, 10);
+    my $sent = 0;
+    for my $id (@ids) {
+        my $r = $t->request(%{ post_req('/hook', ids_body($id)) });
+        $sent++ if $r->{status} == 202;
+    }
+    is($sent, 10, 'line: 10 webhooks answered 202, one after the other');
+
+    ok($t->wait_published(15, @ids), 'line: all 10 records published');
+
+    # calls that leave together may reach the mock in either order: the
+    # line decides which records go in which period, oldest first
+
+    my @p = $t->publishes;
+    my @rounds = ([]);
+    for my $k (0 .. $#p) {
+        push @rounds, [] if $k && $p[$k]{t} - $p[$k - 1]{t} > 1;
+        push @{ $rounds[-1] }, @{ $p[$k]{ids} || [] };
+    }
+    @$_ = sort @$_ for @rounds;
+    is(scalar @rounds, 3, 'line: 3 periods of calls');
+    is(join(' | ', map { "@$_" } @rounds),
+       join(' | ', map { join ' ', sort @ids[@$_] } [0 .. 3], [4 .. 7], [8, 9]),
+       'line: each period took the oldest records that waited');
+    cmp_ok(max_in_window(2, @p), '<=', 4, 'line: at most 4 calls in any 2 s');
+    is(scalar(grep { $_->{status} == 429 } @p), 0, 'line: no 429');
+
+    $t->done;
+}
+
+###########################################################################
+# 6. the pace: after a burst of a quarter of the limit (here 5 of 20 per
+#    2 s), calls leave one per period / limit (100 ms), not all at once
+
+{
+    my $t = DatoTest->new(workers => 1);
+    $t->start_mock('--limit', '1000');
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 10ms;
+            dato_rate_limit 20 2s;
+            dato_job_poll off;
+        }
+    }
+EOF
+
+    my @ids = ids_of(600000, 12);
+    my @reqs = map { post_req('/hook', ids_body($_)) } @ids;
+    my @res = $t->parallel_requests(\@reqs, timeout => 10);
+    is(scalar(grep { $_->{status} == 202 } @res), 12, 'pace: 12 webhooks answered 202');
+
+    ok($t->wait_published(10, @ids), 'pace: all 12 records published');
+
+    my @ts = map { $_->{t} } $t->publishes;
+    is(scalar @ts, 12, 'pace: 12 calls');
+    cmp_ok($ts[4] - $ts[0], '<', 0.5, 'pace: the first 5 calls left at once');
+    my @gaps = map { $ts[$_] - $ts[$_ - 1] } 5 .. $#ts;
+    ok(!grep({ $_ < 0.08 } @gaps), 'pace: then about 100 ms between calls')
+        or diag 'gaps: ' . join ' ', map { sprintf '%.3f', $_ } @gaps;
+    cmp_ok($ts[-1] - $ts[0], '<', 1.8,
+           'pace: all 12 within a period (20 per 2 s allow them all)');
+
+    $t->done;
+}
+
 done_testing;
