@@ -42,7 +42,11 @@ static int ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what,
     void *userp, void *socketp);
 static int ngx_http_dato_curl_timer(CURLM *multi, long timeout_ms,
     void *userp);
+static curl_socket_t ngx_http_dato_curl_open(void *clientp,
+    curlsocktype purpose, struct curl_sockaddr *addr);
 static int ngx_http_dato_curl_close(void *clientp, curl_socket_t s);
+static void ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge,
+    curl_socket_t s);
 static void ngx_http_dato_curl_event_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_timer_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_done(ngx_http_dato_curl_t *bridge);
@@ -157,6 +161,9 @@ ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION,
                      ngx_http_dato_curl_close);
     curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, bridge);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION,
+                     ngx_http_dato_curl_open);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, bridge);
 
     if (curl_multi_add_handle(bridge->multi, easy) != CURLM_OK) {
         ngx_free(xfer);
@@ -193,6 +200,18 @@ ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
          */
 
         if (c) {
+
+            /*
+             * curl 7.88 closes a socket that never connected without the
+             * close callback (an abort, a failed connect) and tells of it
+             * only now: epoll has dropped it with the close already
+             */
+
+            if (fcntl(s, F_GETFD) == -1 && ngx_errno == NGX_EBADF) {
+                ngx_http_dato_curl_forget(bridge, s);
+                return 0;
+            }
+
             if (c->read->active) {
                 ngx_del_event(c->read, NGX_READ_EVENT, 0);
             }
@@ -269,6 +288,31 @@ ngx_http_dato_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     }
 
     return 0;
+}
+
+
+static curl_socket_t
+ngx_http_dato_curl_open(void *clientp, curlsocktype purpose,
+    struct curl_sockaddr *addr)
+{
+    ngx_http_dato_curl_t  *bridge = clientp;
+
+    ngx_socket_t  s;
+
+    s = ngx_socket(addr->family, addr->socktype, addr->protocol);
+
+    if (s == (ngx_socket_t) -1) {
+        return CURL_SOCKET_BAD;
+    }
+
+    /*
+     * the number was free: a connection still known by it lost its socket
+     * behind the bridge's back (see ngx_http_dato_curl_socket())
+     */
+
+    ngx_http_dato_curl_forget(bridge, s);
+
+    return s;
 }
 
 
@@ -405,6 +449,35 @@ ngx_http_dato_curl_abort(ngx_http_dato_curl_t *bridge)
 
         ngx_http_dato_curl_finish(bridge, xfer, CURLE_ABORTED_BY_CALLBACK);
     }
+}
+
+
+/* the connection of a socket already closed: no epoll call, no close */
+
+static void
+ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge, curl_socket_t s)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_http_dato_curl_find(bridge, s, 1);
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->active = 0;
+    c->write->active = 0;
+    c->fd = (ngx_socket_t) -1;
+
+    ngx_free_connection(c);
 }
 
 

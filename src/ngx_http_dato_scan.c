@@ -32,6 +32,7 @@
 #include "ngx_http_dato_parse.h"
 
 
+/* open containers, and the keys of all open objects together */
 #define NGX_HTTP_DATO_SCAN_DEPTH  32
 #define NGX_HTTP_DATO_SCAN_KEYS   128
 
@@ -51,6 +52,8 @@ enum {
     NGX_HTTP_DATO_AT_ITEM,
     NGX_HTTP_DATO_AT_ID_LIST,
     NGX_HTTP_DATO_AT_ID,
+
+    /* a value that is kept, with nothing inside it that matters */
     NGX_HTTP_DATO_AT_LEAF
 };
 
@@ -100,7 +103,10 @@ typedef struct {
     ngx_http_dato_list_t        items;
     ngx_http_dato_list_t        list;
 
+    /* the last string of ngx_http_dato_scan_string() had an escape */
     int                         escaped;
+
+    /* see ngx_http_dato_scan_stop() */
     const unsigned char        *safe;
 } ngx_http_dato_scan_t;
 

@@ -15,6 +15,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
+use IO::Socket::INET;
+use Socket qw(PF_INET SOCK_STREAM pack_sockaddr_in unpack_sockaddr_in inet_aton);
 use List::Util qw(uniq);
 use DatoTest qw(ids_of hook json_headers);
 
@@ -379,6 +381,55 @@ EOF
         or diag "not named: @missing\n" . join("\n", $t->gave_up_lines);
     promise_ok($t, 'fast stop', @acc);
     $t->done;
+}
+
+###########################################################################
+# 5b. fast stop while calls are still connecting: an API whose accept
+#     queue is full leaves curl's sockets in connect; libcurl 7.88 closes
+#     such sockets without the close callback, and nginx must not touch
+#     them again (no "epoll_ctl() failed" alert), and their ids are named
+
+{
+    # backlog 0: one connection fills the queue, later SYNs are dropped
+    socket(my $full, PF_INET, SOCK_STREAM, 0) or die "socket: $!\n";
+    bind($full, pack_sockaddr_in(0, inet_aton('127.0.0.1'))) or die "bind: $!\n";
+    listen($full, 0) or die "listen: $!\n";
+    my ($port) = unpack_sockaddr_in(getsockname($full));
+    my @fillers = grep { defined }
+        map { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                    Proto => 'tcp', Blocking => 0) } 1 .. 3;
+    Time::HiRes::sleep(0.2);
+
+    $t = DatoTest->new(workers => 1);
+    $t->run(http => <<"EOF");
+    dato_api_url http://127.0.0.1:$port;
+    dato_api_token test-token;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 10ms;
+        }
+    }
+EOF
+
+    my @ids = ids_of(5400, 3);
+    my @acc = hooks_accepted($t, '/hook', @ids);
+    is(scalar @acc, 3, 'connecting: 3 webhooks answered 202');
+    Time::HiRes::sleep(0.5);
+
+    my ($dt) = timed { $t->stop_fast };
+    ok($dt < 3, sprintf('connecting: nginx exited in %.2f s', $dt));
+    my $gave = $t->gave_up_ids;
+    my @missing = grep { !$gave->{$_} } @acc;
+    ok(!@missing, 'connecting: every id is named in a "gave up publishing" line')
+        or diag "not named: @missing";
+    $t->done;
+    close $_ for @fillers;
+    close $full;
 }
 
 ###########################################################################
