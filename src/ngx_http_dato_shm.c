@@ -74,7 +74,7 @@ static ngx_msec_t ngx_http_dato_shm_now(void);
 static ngx_http_dato_bucket_t *ngx_http_dato_bucket(
     ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate);
 static ngx_msec_t ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket,
-    ngx_http_dato_rate_t *rate, ngx_msec_t now);
+    ngx_msec_t gap, ngx_msec_t now);
 
 
 static ngx_str_t  ngx_http_dato_shm_name = ngx_string("ngx_http_dato");
@@ -182,7 +182,7 @@ ngx_msec_t
 ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
     ngx_uint_t reserve)
 {
-    ngx_msec_t                now, oldest, wait;
+    ngx_msec_t                now, oldest, wait, gap;
     ngx_uint_t                i, free;
     ngx_http_dato_bucket_t   *bucket;
     ngx_http_dato_shm_ctx_t  *ctx;
@@ -220,7 +220,9 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
         goto done;
     }
 
-    wait = ngx_http_dato_rate_pace(bucket, rate, now);
+    gap = rate->period / bucket->limit;
+
+    wait = ngx_http_dato_rate_pace(bucket, gap, now);
 
     if (wait) {
         goto done;
@@ -249,7 +251,7 @@ ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
 
     bucket->due = ((ngx_msec_int_t) (bucket->due - now) > 0 ? bucket->due
                                                              : now)
-                  + rate->period / bucket->limit;
+                  + gap;
 
     bucket->sent[bucket->next] = now;
     bucket->out[bucket->next] = 1;
@@ -273,14 +275,12 @@ done:
  */
 
 static ngx_msec_t
-ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket,
-    ngx_http_dato_rate_t *rate, ngx_msec_t now)
+ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket, ngx_msec_t gap,
+    ngx_msec_t now)
 {
-    ngx_msec_t      gap;
     ngx_uint_t      burst;
     ngx_msec_int_t  ahead;
 
-    gap = rate->period / bucket->limit;
     burst = ngx_max(bucket->limit / 4, ngx_min(bucket->limit, 4));
 
     /* how far the calls are ahead of the pace, beyond the burst allowed */
