@@ -13,6 +13,30 @@ use Test::More;
 use Time::HiRes ();
 use DatoTest qw(ids_of ids_body post_req max_in_window);
 
+# nginx with one worker whose batches hold one record each, under a rate
+# limit, and a mock API that would take many more calls
+sub single_record_batches {
+    my ($limit) = @_;
+    my $t = DatoTest->new(workers => 1);
+    $t->start_mock('--limit', '1000');
+    $t->run(http => <<"EOF");
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 1;
+            dato_batch_window 10ms;
+            dato_rate_limit $limit;
+            dato_job_poll off;
+        }
+    }
+EOF
+    return $t;
+}
+
 ###########################################################################
 # 1. a burst of 5,000 records over 2 workers: full batches, few calls
 
@@ -205,23 +229,7 @@ EOF
 #    (one worker; 4 calls per 2 s, so 6 of 10 single-record batches wait)
 
 {
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock('--limit', '1000');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /hook {
-            dato_publish;
-            dato_publish_wait none;
-            dato_batch_size 1;
-            dato_batch_window 10ms;
-            dato_rate_limit 4 2s;
-            dato_job_poll off;
-        }
-    }
-EOF
+    my $t = single_record_batches('4 2s');
 
     my @ids = ids_of(500000, 10);
     my $sent = 0;
@@ -258,23 +266,7 @@ EOF
 #    2 s), calls leave one per period / limit (100 ms), not all at once
 
 {
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock('--limit', '1000');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /hook {
-            dato_publish;
-            dato_publish_wait none;
-            dato_batch_size 1;
-            dato_batch_window 10ms;
-            dato_rate_limit 20 2s;
-            dato_job_poll off;
-        }
-    }
-EOF
+    my $t = single_record_batches('20 2s');
 
     my @ids = ids_of(600000, 12);
     my @reqs = map { post_req('/hook', ids_body($_)) } @ids;
