@@ -263,36 +263,39 @@ EOF
 
 ###########################################################################
 # 6. the pace: after a burst of a quarter of the limit (here 5 of 20 per
-#    2 s), calls leave one per period / limit (100 ms), not all at once
+#    4 s), calls leave one per period / limit (200 ms), not all at once
 
 {
-    my $t = single_record_batches('20 2s');
+    my $t = single_record_batches('20 4s');
 
     my @ids = ids_of(600000, 12);
     my @reqs = map { post_req('/hook', ids_body($_)) } @ids;
     my @res = $t->parallel_requests(\@reqs, timeout => 10);
     is(scalar(grep { $_->{status} == 202 } @res), 12, 'pace: 12 webhooks answered 202');
 
-    ok($t->wait_published(10, @ids), 'pace: all 12 records published');
+    ok($t->wait_published(15, @ids), 'pace: all 12 records published');
 
     my @ts = map { $_->{t} } $t->publishes;
     is(scalar @ts, 12, 'pace: 12 calls');
 
-    # calls i and j > i: at most 5 at once, one more per 100 ms, whenever
-    # the webhooks came (10 ms of slack for the clocks)
+    # calls i and j > i, as the mock saw them: at most 5 at once, one more
+    # per 200 ms, whenever the webhooks came; the slack is for the time a
+    # call takes to reach the mock, longer for a new connection (and much
+    # longer under valgrind)
+    my $slack = $t->{valgrind} ? 0.3 : 0.1;
     my @fast;
     for my $i (0 .. $#ts) {
         for my $j ($i + 5 .. $#ts) {
-            my $least = ($j - $i - 4) * 0.1 - 0.01;
+            my $least = ($j - $i - 4) * 0.2 - $slack;
             push @fast, sprintf('%d-%d: %.3f s', $i + 1, $j + 1, $ts[$j] - $ts[$i])
                 if $ts[$j] - $ts[$i] < $least;
         }
     }
-    ok(!@fast, 'pace: a burst of 5 at most, then one call per 100 ms')
+    ok(!@fast, 'pace: a burst of 5 at most, then one call per 200 ms')
         or diag 'too close: ' . join(', ', @fast) . '; calls at '
                 . join(' ', map { sprintf '%.3f', $_ - $ts[0] } @ts);
-    cmp_ok($ts[-1] - $ts[0], '<', 1.8,
-           'pace: all 12 within a period (20 per 2 s allow them all)');
+    cmp_ok($ts[-1] - $ts[0], '<', 3.5,
+           'pace: all 12 within a period (20 per 4 s allow them all)');
 
     $t->done;
 }
