@@ -36,6 +36,7 @@ static int ngx_http_dato_parse_bulk(json_t *data,
 static int ngx_http_dato_parse_list(json_t *list, int bulk,
     ngx_http_dato_parse_result_t *res);
 static void ngx_http_dato_parse_clear(ngx_http_dato_parse_result_t *res);
+static void ngx_http_dato_parse_ids_free(ngx_http_dato_parse_result_t *res);
 static void ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value);
 static int ngx_http_dato_fail(ngx_http_dato_parse_result_t *res, int status,
     const char *title, const char *fmt, ...);
@@ -171,9 +172,8 @@ ngx_http_dato_parse_clear(ngx_http_dato_parse_result_t *res)
 void
 ngx_http_dato_parse_free(ngx_http_dato_parse_result_t *res)
 {
-    free(res->ids);
-    res->ids = NULL;
-    res->nids = 0;
+    ngx_http_dato_parse_ids_free(res);
+
     res->environment.data = NULL;
     res->environment.len = 0;
 
@@ -181,6 +181,18 @@ ngx_http_dato_parse_free(ngx_http_dato_parse_result_t *res)
         json_decref(res->root);
         res->root = NULL;
     }
+}
+
+
+static void
+ngx_http_dato_parse_ids_free(ngx_http_dato_parse_result_t *res)
+{
+    if (res->ids != &res->id) {
+        free(res->ids);
+    }
+
+    res->ids = NULL;
+    res->nids = 0;
 }
 
 
@@ -340,7 +352,8 @@ ngx_http_dato_parse_list(json_t *list, int bulk,
                                   "empty");
     }
 
-    res->ids = malloc(n * sizeof(ngx_http_dato_parse_str_t));
+    res->ids = (n == 1) ? &res->id
+                        : malloc(n * sizeof(ngx_http_dato_parse_str_t));
     if (res->ids == NULL) {
         return ngx_http_dato_fail(res, NGX_HTTP_DATO_PARSE_INVALID,
                                   "out of memory", "no memory for %zu IDs",
@@ -533,9 +546,7 @@ ngx_http_dato_fail(ngx_http_dato_parse_result_t *res, int status,
     res->status = status;
     res->title = title;
 
-    free(res->ids);
-    res->ids = NULL;
-    res->nids = 0;
+    ngx_http_dato_parse_ids_free(res);
 
     return status;
 }

@@ -57,6 +57,9 @@ typedef struct {
     ngx_http_dato_parse_str_t  *ids;
     size_t                      nids;
 
+    /* where ids points for one ID: a webhook's needs no allocation */
+    ngx_http_dato_parse_str_t   id;
+
     /* the webhook's own environment when it is not the primary one */
     ngx_http_dato_parse_str_t   environment;
 

@@ -317,10 +317,11 @@ ngx_http_dato_scan_string(ngx_http_dato_scan_t *s, const unsigned char *p,
  * container, "close" ends a container, "key" reads a member's key.  Any
  * doubt returns 0, and jansson decides.
  *
- * A payload is an object, so the body's last byte but whitespace ("last")
- * must be a '}'.  Every byte the walk reads is then at or before last: no
- * scan goes past a '}' (whitespace, digits, a string ends at last at the
- * latest), and the one way past it, closing a container, is checked.
+ * A payload is an object, so the last byte of the body that is not
+ * whitespace ("last") must be a '}'.  Every byte the walk reads is then at
+ * or before last: no scan goes past a '}' (whitespace, digits; a string
+ * ends at last at the latest), and the one way past it, closing a
+ * container, is checked.
  */
 
 static int
@@ -1003,13 +1004,9 @@ ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
             res->environment.len = s->environment.len;
         }
 
-        res->ids = malloc(sizeof(ngx_http_dato_parse_str_t));
-        if (res->ids == NULL) {
-            return NGX_HTTP_DATO_SCAN_DECLINED;
-        }
-
-        res->ids[0].data = (const char *) s->entity_id.data;
-        res->ids[0].len = s->entity_id.len;
+        res->id.data = (const char *) s->entity_id.data;
+        res->id.len = s->entity_id.len;
+        res->ids = &res->id;
         res->nids = 1;
 
         goto publish;
@@ -1063,11 +1060,7 @@ publish:
 
     if (max_ids && res->nids > max_ids) {
 
-        /* the jansson path words the 413 */
-
-        if (res->ids != s->items.ids && res->ids != s->list.ids) {
-            free(res->ids);
-        }
+        /* the jansson path words the 413 (the lists are freed by the caller) */
 
         res->ids = NULL;
         res->nids = 0;
