@@ -291,7 +291,9 @@ Time::HiRes::sleep(0.4);
         or diag explain [ map { $_->{body} } @p ];
 }
 
-for my $ct ('application/vnd.api+json', 'application/json; charset=utf-8') {
+for my $ct ('application/vnd.api+json', 'application/json; charset=utf-8',
+            'Application/JSON')
+{
     $t->mock_reset;
     my $id = DatoTest::uuid_id(length $ct);
     my $r = post('/hook', { ids => [$id] }, 'Content-Type' => $ct);
