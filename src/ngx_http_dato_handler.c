@@ -350,8 +350,13 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     u_char                detail[128];
     json_t               *jobs, *job;
     ngx_buf_t            *b;
+    ngx_str_t            *tail;
     ngx_uint_t            i;
     ngx_http_dato_job_t  *ids;
+
+    static ngx_str_t  queued_tail = ngx_string(",\"status\":\"queued\"}}\n");
+    static ngx_str_t  accepted_tail =
+                                  ngx_string(",\"status\":\"accepted\"}}\n");
 
     if (w && w->failed && !queued) {
 
@@ -406,18 +411,12 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 
         /* ngx_sprintf() only for the number: its format parsing costs */
 
+        tail = queued ? &queued_tail : &accepted_tail;
+
         b->last = ngx_cpymem(b->last, "{\"data\":[],\"meta\":{\"records\":",
                              sizeof("{\"data\":[],\"meta\":{\"records\":") - 1);
         b->last = ngx_sprintf(b->last, "%ui", records);
-
-        if (queued) {
-            b->last = ngx_cpymem(b->last, ",\"status\":\"queued\"}}\n",
-                                 sizeof(",\"status\":\"queued\"}}\n") - 1);
-
-        } else {
-            b->last = ngx_cpymem(b->last, ",\"status\":\"accepted\"}}\n",
-                                 sizeof(",\"status\":\"accepted\"}}\n") - 1);
-        }
+        b->last = ngx_cpymem(b->last, tail->data, tail->len);
 
         return ngx_http_dato_output(r, NGX_HTTP_ACCEPTED, "application/json",
                                     b);

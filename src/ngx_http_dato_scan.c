@@ -105,9 +105,6 @@ typedef struct {
 
     /* the last string of ngx_http_dato_scan_string() had an escape */
     int                         escaped;
-
-    /* see ngx_http_dato_scan_stop() */
-    const unsigned char        *safe;
 } ngx_http_dato_scan_t;
 
 
@@ -115,7 +112,7 @@ static int ngx_http_dato_scan_body(ngx_http_dato_scan_t *s,
     const unsigned char *p, const unsigned char *end);
 static const unsigned char *ngx_http_dato_scan_string(
     ngx_http_dato_scan_t *s, const unsigned char *p,
-    const unsigned char *last);
+    const unsigned char *safe, const unsigned char *last);
 static const unsigned char *ngx_http_dato_scan_special(
     const unsigned char *p, const unsigned char *end);
 static const unsigned char *ngx_http_dato_scan_number(
@@ -283,7 +280,7 @@ ngx_http_dato_scan_stop(const unsigned char *p, const unsigned char *safe,
 
 static const unsigned char *
 ngx_http_dato_scan_string(ngx_http_dato_scan_t *s, const unsigned char *p,
-    const unsigned char *last)
+    const unsigned char *safe, const unsigned char *last)
 {
     s->escaped = 0;
 
@@ -307,7 +304,7 @@ ngx_http_dato_scan_string(ngx_http_dato_scan_t *s, const unsigned char *p,
             return NULL;
         }
 
-        p = ngx_http_dato_scan_stop(p, s->safe, last);
+        p = ngx_http_dato_scan_stop(p, safe, last);
     }
 }
 
@@ -355,7 +352,6 @@ ngx_http_dato_scan_body(ngx_http_dato_scan_t *s, const unsigned char *p,
 
     last = end - 1;
     safe = (last - p > 16) ? last - 15 : p;
-    s->safe = safe;
 
     top = NULL;
     depth = 0;
@@ -395,7 +391,7 @@ value:
         escaped = 0;
 
         if (*p != '"') {
-            p = ngx_http_dato_scan_string(s, p, last);
+            p = ngx_http_dato_scan_string(s, p, safe, last);
             if (p == NULL) {
                 return 0;
             }
@@ -581,7 +577,7 @@ key:
     p = ngx_http_dato_scan_stop(p, safe, last);
 
     if (*p != '"') {
-        p = ngx_http_dato_scan_string(s, p, last);
+        p = ngx_http_dato_scan_string(s, p, safe, last);
 
         /* an escaped key could repeat another one in a way jansson sees */
 
