@@ -21,6 +21,7 @@
 
 
 static ngx_int_t ngx_http_dato_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_dato_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_dato_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_dato_create_loc_conf(ngx_conf_t *cf);
@@ -199,13 +200,20 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       offsetof(ngx_http_dato_main_conf_t, queue_size),
       NULL },
 
+    { ngx_string("dato_zone_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dato_main_conf_t, zone_size),
+      NULL },
+
       ngx_null_command
 };
 
 
 static ngx_http_module_t  ngx_http_dato_module_ctx = {
     ngx_http_dato_add_variables,           /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_dato_postconfiguration,       /* postconfiguration */
 
     ngx_http_dato_create_main_conf,        /* create main configuration */
     ngx_http_dato_init_main_conf,          /* init main configuration */
@@ -253,6 +261,27 @@ ngx_http_dato_add_variables(ngx_conf_t *cf)
 }
 
 
+/* all tokens are known now: the shared zone must hold them */
+
+static ngx_int_t
+ngx_http_dato_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_dato_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
+
+    if (dmcf->zone == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_dato_shm_check(cf, dmcf->zone) != NGX_CONF_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void *
 ngx_http_dato_create_main_conf(ngx_conf_t *cf)
 {
@@ -271,6 +300,7 @@ ngx_http_dato_create_main_conf(ngx_conf_t *cf)
      */
 
     dmcf->queue_size = NGX_CONF_UNSET_UINT;
+    dmcf->zone_size = NGX_CONF_UNSET_SIZE;
 
     return dmcf;
 }
@@ -287,8 +317,14 @@ ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf)
         return "\"dato_queue_size\" must be at least 1";
     }
 
+    ngx_conf_init_size_value(dmcf->zone_size, NGX_HTTP_DATO_SHM_SIZE);
+
+    if (dmcf->zone_size < NGX_HTTP_DATO_SHM_SIZE_MIN) {
+        return "\"dato_zone_size\" must be at least 32k";
+    }
+
     if (dmcf->enabled || dmcf->status) {
-        dmcf->zone = ngx_http_dato_shm_add(cf);
+        dmcf->zone = ngx_http_dato_shm_add(cf, dmcf->zone_size);
         if (dmcf->zone == NULL) {
             return NGX_CONF_ERROR;
         }
@@ -345,6 +381,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dato_loc_conf_t *conf = child;
 
     char                       *rv;
+    uint32_t                    key;
     ngx_file_info_t             fi;
     ngx_http_dato_target_t     *target;
     ngx_http_dato_main_conf_t  *dmcf;
@@ -356,7 +393,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->api_timeout, prev->api_timeout, 10000);
     ngx_conf_merge_msec_value(conf->retry_timeout, prev->retry_timeout,
                               300000);
-    ngx_conf_merge_uint_value(conf->rate_limit, prev->rate_limit, 50);
+    ngx_conf_merge_uint_value(conf->rate_limit, prev->rate_limit, 0);
     ngx_conf_merge_msec_value(conf->rate_period, prev->rate_period, 3000);
     ngx_conf_merge_value(conf->job_poll, prev->job_poll, 1);
     ngx_conf_merge_str_value(conf->ca_file, prev->ca_file, "");
@@ -368,7 +405,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
     ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
-    ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 500);
+    ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 0);
     ngx_conf_merge_uint_value(conf->events, prev->events,
                               NGX_HTTP_DATO_EVENT_CREATE
                               |NGX_HTTP_DATO_EVENT_UPDATE);
@@ -442,21 +479,29 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /*
      * DatoCMS limits calls per token: every location and worker that uses
-     * one token draws from one log of calls, found by a hash of the URL
+     * one token draws from one scheduler entry, found by a hash of the URL
      * and the token, so that the token itself stays out of shared memory
      */
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
 
-    target->rate.zone = dmcf->zone;
     target->job_poll = conf->job_poll;
     target->job_timeout = conf->job_timeout;
 
-    target->rate.key = ngx_crc32_long(target->client.authorization.data,
-                                      target->client.authorization.len)
-                       ^ ngx_crc32_long(conf->api_url.data, conf->api_url.len);
-    target->rate.limit = conf->rate_limit;
+    key = ngx_crc32_long(target->client.authorization.data,
+                         target->client.authorization.len)
+          ^ ngx_crc32_long(conf->api_url.data, conf->api_url.len);
+
+    if (ngx_http_dato_shm_key(dmcf->zone, key, &target->rate.index)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    target->rate.zone = dmcf->zone;
+    target->rate.cap = conf->rate_limit;
     target->rate.period = conf->rate_period;
+    target->rate.timeout = conf->api_timeout;
 
     /* filled per worker: the conf is the worker's own copy after fork */
     ngx_queue_init(&target->open);
@@ -769,6 +814,9 @@ ngx_http_dato_init_process(ngx_cycle_t *cycle)
 
     /* jansson would read /dev/urandom on first use, inside a request */
     json_object_seed(0);
+
+    /* calls that a dead worker of this slot had out are over */
+    ngx_http_dato_shm_init_process(dmcf->zone);
 
     dmcf->batcher = ngx_http_dato_batcher_create(cycle->log,
                                                  dmcf->queue_size,

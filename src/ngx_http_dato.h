@@ -31,6 +31,7 @@
 
 typedef struct {
     ngx_uint_t                    queue_size;
+    size_t                        zone_size;
 
     /* some location has dato_publish: workers need a batcher */
     ngx_flag_t                    enabled;
@@ -52,6 +53,7 @@ typedef struct {
     ngx_str_t                     environment;
     ngx_msec_t                    api_timeout;
     ngx_msec_t                    retry_timeout;
+    /* dato_rate_limit: a cap, 0 for what the API announces */
     ngx_uint_t                    rate_limit;
     ngx_msec_t                    rate_period;
     ngx_flag_t                    job_poll;

@@ -65,15 +65,15 @@ struct ngx_http_dato_batch_s {
 
     ngx_queue_t                   waiters;
 
+    /* dato_retry_timeout counts from here, however the batch was held */
     ngx_msec_t                    opened;
-    ngx_msec_t                    first_sent;
     ngx_msec_t                    accepted;
     ngx_msec_t                    poll_delay;
     ngx_uint_t                    attempts;
     ngx_uint_t                    state;
 
-    /* the call log slot of the call out, see ngx_http_dato_rate_acquire() */
-    ngx_uint_t                    slot;
+    /* the scheduler's ticket of the call out, see ngx_http_dato_sched.h */
+    ngx_uint_t                    ticket;
 
     /* the answer: a job, its result, or why the batch failed */
     ngx_str_t                     job;
@@ -140,8 +140,8 @@ static void ngx_http_dato_batch_polled(void *data,
     ngx_http_dato_client_result_t *res);
 static void ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch,
     ngx_uint_t level, const char *what);
-static ngx_msec_t ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
-    ngx_http_dato_client_result_t *res);
+static ngx_msec_t ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch);
+static ngx_uint_t ngx_http_dato_batch_awaited(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch,
     ngx_uint_t final);
 static void ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch);
@@ -442,7 +442,7 @@ static void
 ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
 {
     ngx_int_t                 rc;
-    ngx_msec_t                wait;
+    ngx_msec_t                wait, left;
     ngx_queue_t              *line;
     ngx_http_dato_batcher_t  *b;
 
@@ -453,30 +453,48 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
         ngx_del_timer(&batch->timer);
     }
 
+    /* however the records were held, their deadline holds */
+
+    left = batch->opened + batch->target->retry_timeout - ngx_current_msec;
+
+    if ((ngx_msec_int_t) left <= 0) {
+        ngx_http_dato_batch_give_up(batch, 0, NULL,
+                                    "dato_retry_timeout has passed while "
+                                    "the budget or a pause held them");
+        return;
+    }
+
     if (batch->in_line ? ngx_queue_head(line) != &batch->line
                        : !ngx_queue_empty(line))
     {
-        /* others are before it */
-        wait = NGX_TIMER_INFINITE;
+        /* others are before it: it only wakes for its deadline */
+        wait = left;
 
     } else {
-        wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot,
-                                          0);
+        wait = ngx_http_dato_sched_ask(&batch->target->rate, &batch->ticket,
+                                       0);
+
+        if (wait) {
+
+            /* a little spread, so that waiting workers do not wake together */
+
+            wait = ngx_min(wait + (ngx_msec_t) ngx_random() % 20, left);
+        }
     }
 
     if (wait) {
 
         /*
-         * the rate limit or a 429 pause holds the call: a batch that is
-         * not full keeps taking records meanwhile, so that a pause makes
-         * fuller batches rather than more calls
+         * the budget, its pace or a 429 pause holds the call: a batch
+         * that is not full keeps taking records meanwhile, so that a busy
+         * module makes full batches at the rate the budget allows, and an
+         * idle one sends a webhook's records at once
          */
 
         if (batch->state == NGX_HTTP_DATO_BATCH_OPEN
             && batch->nids == batch->target->batch_size)
         {
             ngx_queue_remove(&batch->queue);
-            batch->first_sent = ngx_current_msec;
             batch->state = NGX_HTTP_DATO_BATCH_WAITING;
         }
 
@@ -485,17 +503,11 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
             batch->in_line = 1;
         }
 
-        if (wait == NGX_TIMER_INFINITE) {
-            return;
-        }
-
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, b->log, 0,
-                       "dato: %ui records wait %M ms for the rate limit",
+                       "dato: %ui records wait %M ms for the budget",
                        batch->nids, wait);
 
-        /* a little spread, so that waiting workers do not wake together */
-
-        ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
+        ngx_add_timer(&batch->timer, wait);
         return;
     }
 
@@ -503,7 +515,6 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
 
     if (batch->state == NGX_HTTP_DATO_BATCH_OPEN) {
         ngx_queue_remove(&batch->queue);
-        batch->first_sent = ngx_current_msec;
     }
 
     batch->state = NGX_HTTP_DATO_BATCH_INFLIGHT;
@@ -519,7 +530,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
                                       b->log);
 
     if (rc != NGX_OK) {
-        ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
+        ngx_http_dato_sched_release(&batch->target->rate, batch->ticket);
     }
 
     if (rc == NGX_DECLINED) {
@@ -533,7 +544,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
         /* out of memory now: try again after a backoff */
 
         batch->state = NGX_HTTP_DATO_BATCH_WAITING;
-        ngx_add_timer(&batch->timer, ngx_http_dato_batch_backoff(batch, NULL));
+        ngx_add_timer(&batch->timer, ngx_http_dato_batch_backoff(batch));
         return;
     }
 
@@ -572,18 +583,21 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
 {
     ngx_http_dato_batch_t *batch = data;
 
-    ngx_msec_t                delay;
+    ngx_msec_t                delay, pause;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
 
-    ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
+    pause = ngx_http_dato_sched_report(&batch->target->rate, batch->ticket,
+                                       res->status, res->rate_limit,
+                                       res->rate_remaining, res->rate_reset,
+                                       b->log);
 
     if (batch->timer.timer_set) {
         ngx_del_timer(&batch->timer);
     }
 
-    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
+    if (res->outcome == NGX_HTTP_DATO_CLIENT_ABORTED || b->aborted) {
         ngx_http_dato_batch_give_up(batch, 0, NULL,
                                     b->abort_reason ? b->abort_reason
                                     : "the worker process is exiting");
@@ -603,16 +617,13 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     }
 
     if (res->status == 429 || res->status >= 500 || res->transient) {
-        delay = ngx_http_dato_batch_backoff(batch, res);
 
-        if (res->status == 429) {
+        /* a 429 pauses every worker's calls with this token: wait it out */
 
-            /* every worker's calls with this token wait, not just this one */
+        delay = res->status == 429 ? pause
+                                   : ngx_http_dato_batch_backoff(batch);
 
-            ngx_http_dato_rate_pause(&batch->target->rate, delay);
-        }
-
-        if (ngx_current_msec - batch->first_sent + delay
+        if (ngx_current_msec - batch->opened + delay
             <= batch->target->retry_timeout)
         {
             ngx_log_error(NGX_LOG_WARN, b->log, 0,
@@ -715,6 +726,7 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
 {
     ngx_int_t                 rc;
     ngx_msec_t                wait;
+    ngx_uint_t                spare;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
@@ -728,12 +740,13 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
 
     /*
      * polls count against the API's limit like every other call, and give
-     * way to publishes: a quarter of the limit stays free for them
+     * way to publishes: a quarter of the budget stays free for them
      */
 
-    wait = ngx_http_dato_rate_acquire(&batch->target->rate, &batch->slot,
-                                      ngx_max(batch->target->rate.limit / 4,
-                                              1));
+    spare = ngx_max(ngx_http_dato_sched_limit(&batch->target->rate) / 4, 1);
+
+    wait = ngx_http_dato_sched_ask(&batch->target->rate, &batch->ticket,
+                                   spare);
 
     if (wait) {
         ngx_add_timer(&batch->timer, wait + (ngx_msec_t) ngx_random() % 20);
@@ -745,7 +758,7 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
                                   ngx_http_dato_batch_polled, batch, b->log);
 
     if (rc != NGX_OK) {
-        ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
+        ngx_http_dato_sched_release(&batch->target->rate, batch->ticket);
         ngx_add_timer(&batch->timer, batch->poll_delay);
         return;
     }
@@ -766,9 +779,12 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
     b = batch->batcher;
     batch->polling = 0;
 
-    ngx_http_dato_rate_release(&batch->target->rate, batch->slot);
+    (void) ngx_http_dato_sched_report(&batch->target->rate, batch->ticket,
+                                      res->status, res->rate_limit,
+                                      res->rate_remaining, res->rate_reset,
+                                      b->log);
 
-    if (res->curl_rc == CURLE_ABORTED_BY_CALLBACK || b->aborted) {
+    if (res->outcome == NGX_HTTP_DATO_CLIENT_ABORTED || b->aborted) {
         ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO,
                                     "was not followed to its end: the "
                                     "worker process is exiting");
@@ -799,15 +815,17 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
         return;
     }
 
-    /* 404: the job still runs; anything else is asked again later too */
+    /*
+     * 404: the job still runs; anything else is asked again later too (a
+     * 429 has paused the token's calls).  A webhook that waits for the
+     * result is worth a poll a second, as the official clients poll;
+     * otherwise polls come less and less often.
+     */
 
-    if (res->status == 429) {
-        ngx_http_dato_rate_pause(&batch->target->rate,
-                                 ngx_http_dato_batch_backoff(batch, res));
+    if (!ngx_http_dato_batch_awaited(batch)) {
+        batch->poll_delay = ngx_min(batch->poll_delay * 2,
+                                    NGX_HTTP_DATO_POLL_MAX);
     }
-
-    batch->poll_delay = ngx_min(batch->poll_delay * 2,
-                                NGX_HTTP_DATO_POLL_MAX);
 
     /* the last poll comes at dato_job_timeout, not a long interval after */
 
@@ -889,18 +907,10 @@ ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch, ngx_uint_t level,
 
 
 static ngx_msec_t
-ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
-    ngx_http_dato_client_result_t *res)
+ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch)
 {
     ngx_uint_t  shift;
     ngx_msec_t  delay;
-
-    if (res && res->status == 429 && res->reset) {
-
-        /* DatoCMS said when: no backoff on top, only a little spread */
-
-        return (ngx_msec_t) res->reset * 1000 + ngx_random() % 250;
-    }
 
     shift = ngx_min(batch->attempts, 16);
     delay = ngx_min((ngx_msec_t) NGX_HTTP_DATO_BACKOFF_MIN << (shift - 1),
@@ -909,6 +919,29 @@ ngx_http_dato_batch_backoff(ngx_http_dato_batch_t *batch,
     /* full jitter on the upper half, so that workers do not march */
 
     return delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
+}
+
+
+/* some webhook waits for the job's result, not only for its ID */
+
+static ngx_uint_t
+ngx_http_dato_batch_awaited(ngx_http_dato_batch_t *batch)
+{
+    ngx_queue_t           *q;
+    ngx_http_dato_link_t  *link;
+
+    for (q = ngx_queue_head(&batch->waiters);
+         q != ngx_queue_sentinel(&batch->waiters);
+         q = ngx_queue_next(q))
+    {
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+
+        if (link->waiter->result) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -297,6 +297,10 @@ ngx_http_dato_client_call(ngx_http_dato_client_done_pt done, void *data,
     call->data = data;
     call->log = log;
 
+    call->result.rate_limit = -1;
+    call->result.rate_remaining = -1;
+    call->result.rate_reset = -1;
+
     return call;
 }
 
@@ -416,43 +420,66 @@ ngx_http_dato_client_write(char *ptr, size_t size, size_t nmemb,
 }
 
 
+/* the X-RateLimit-* headers, on every answer */
+
 static size_t
 ngx_http_dato_client_header(char *ptr, size_t size, size_t nmemb,
     void *userdata)
 {
     ngx_http_dato_client_call_t  *call = userdata;
 
-    size_t     n;
-    u_char    *p, *last;
-    ngx_int_t  v;
+    size_t                          n;
+    u_char                         *p, *last;
+    ngx_int_t                      *v;
+    ngx_http_dato_client_result_t  *res;
 
     n = size * nmemb;
+    res = &call->result;
 
-    if (n < sizeof("X-RateLimit-Reset:") - 1
-        || ngx_strncasecmp((u_char *) ptr, (u_char *) "X-RateLimit-Reset:",
-                           sizeof("X-RateLimit-Reset:") - 1)
+    if (n < sizeof("X-RateLimit-Limit:") - 1
+        || ngx_strncasecmp((u_char *) ptr, (u_char *) "X-RateLimit-", 12)
            != 0)
     {
         return n;
     }
 
-    p = (u_char *) ptr + sizeof("X-RateLimit-Reset:") - 1;
+    p = (u_char *) ptr + 12;
     last = (u_char *) ptr + n;
+
+    if (ngx_strncasecmp(p, (u_char *) "Limit:", 6) == 0) {
+        v = &res->rate_limit;
+        p += 6;
+
+    } else if (last - p > 10
+               && ngx_strncasecmp(p, (u_char *) "Remaining:", 10) == 0)
+    {
+        v = &res->rate_remaining;
+        p += 10;
+
+    } else if (ngx_strncasecmp(p, (u_char *) "Reset:", 6) == 0) {
+        v = &res->rate_reset;
+        p += 6;
+
+    } else {
+        return n;
+    }
 
     while (p < last && (*p == ' ' || *p == '\t')) {
         p++;
     }
 
     while (last > p && (last[-1] == '\r' || last[-1] == '\n'
-                        || last[-1] == ' '))
+                        || last[-1] == ' ' || last[-1] == '\t'))
     {
         last--;
     }
 
-    v = ngx_atoi(p, last - p);
+    /* ngx_atoi() takes digits only and refuses what would overflow */
 
-    if (v > 0) {
-        call->result.reset = v;
+    *v = (last > p) ? ngx_atoi(p, last - p) : NGX_ERROR;
+
+    if (*v == NGX_ERROR) {
+        *v = -1;
     }
 
     return n;
@@ -471,12 +498,13 @@ ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(easy);
 
-    call->result.curl_rc = rc;
-
     if (rc != CURLE_OK) {
         reason = curl_easy_strerror(rc);
 
         call->result.status = 0;
+        call->result.outcome = (rc == CURLE_ABORTED_BY_CALLBACK)
+                               ? NGX_HTTP_DATO_CLIENT_ABORTED
+                               : NGX_HTTP_DATO_CLIENT_FAILED;
 
         /* a peer that fails verification will fail it again: no retries */
 

@@ -39,16 +39,29 @@ typedef struct {
 } ngx_http_dato_client_conf_t;
 
 
+/* what became of a call, beside the HTTP status of its answer */
+typedef enum {
+    NGX_HTTP_DATO_CLIENT_ANSWERED = 0,
+    NGX_HTTP_DATO_CLIENT_FAILED,          /* no answer; see code */
+    NGX_HTTP_DATO_CLIENT_ABORTED          /* the worker process is exiting */
+} ngx_http_dato_client_outcome_e;
+
+
 typedef struct {
     /* the HTTP status of the answer, 0 when there was none */
     ngx_uint_t                  status;
-    CURLcode                    curl_rc;
+    ngx_http_dato_client_outcome_e  outcome;
 
     /* the error carried "transient": true, or was not DatoCMS's JSON */
     unsigned                    transient:1;
 
-    /* X-RateLimit-Reset in seconds, 0 when absent */
-    time_t                      reset;
+    /*
+     * X-RateLimit-Limit, -Remaining and -Reset as they came, -1 when
+     * absent or not a number; the scheduler judges them
+     */
+    ngx_int_t                   rate_limit;
+    ngx_int_t                   rate_remaining;
+    ngx_int_t                   rate_reset;
 
     ngx_str_t                   job_id;
 

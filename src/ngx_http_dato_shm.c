@@ -10,44 +10,12 @@
 #include "ngx_http_dato_shm.h"
 
 
-#define NGX_HTTP_DATO_SHM_SIZE   (512 * 1024)
-#define NGX_HTTP_DATO_BUCKETS    16
-
-/*
- * A call lands at the API somewhere between when it left and when its
- * answer came back.  So a slot of the call log is stamped with the time
- * the answer came: a new call may leave once the call "limit" calls ago
- * was answered a whole period before, whatever the latency was on the way.
- * A slot still out longer than this is taken as answered then (a worker
- * that died with a call out must not block the log forever).
- */
-#define NGX_HTTP_DATO_RATE_OUT_MAX  60000
-
-
-typedef struct {
-    uint32_t                      key;
-    ngx_uint_t                    limit;
-    ngx_msec_t                    paused_until;
-    ngx_uint_t                    next;
-
-    /* the pace: when the next call is due, see ngx_http_dato_rate_pace() */
-    ngx_msec_t                    due;
-
-    /*
-     * the last "limit" calls, oldest at "next": when each was answered,
-     * or, while "out" is set, when it left; 0 is unused
-     */
-    ngx_msec_t                    sent[NGX_HTTP_DATO_RATE_MAX];
-    u_char                        out[NGX_HTTP_DATO_RATE_MAX];
-} ngx_http_dato_bucket_t;
-
-
-typedef struct {
+struct ngx_http_dato_shctx_s {
     /* a reload may bring a module build whose zone layout differs */
     size_t                        size;
 
-    ngx_uint_t                    nbuckets;
-    ngx_http_dato_bucket_t        buckets[NGX_HTTP_DATO_BUCKETS];
+    /* the scheduler's entries, see ngx_http_dato_sched_init_zone() */
+    void                         *sched;
 
     ngx_atomic_t                  stats[NGX_HTTP_DATO_STATS];
     ngx_http_dato_histogram_t     latency[2];
@@ -60,21 +28,11 @@ typedef struct {
     u_char                        error_code[64];
     size_t                        error_code_len;
     time_t                        error_time;
-} ngx_http_dato_shctx_t;
-
-
-typedef struct {
-    ngx_http_dato_shctx_t        *sh;
-    ngx_slab_pool_t              *shpool;
-} ngx_http_dato_shm_ctx_t;
+};
 
 
 static ngx_int_t ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data);
-static ngx_msec_t ngx_http_dato_shm_now(void);
-static ngx_http_dato_bucket_t *ngx_http_dato_bucket(
-    ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate);
-static ngx_msec_t ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket,
-    ngx_msec_t gap, ngx_msec_t now);
+static ngx_int_t ngx_http_dato_shm_tokens(ngx_shm_zone_t *zone);
 
 
 static ngx_str_t  ngx_http_dato_shm_name = ngx_string("ngx_http_dato");
@@ -86,16 +44,20 @@ ngx_msec_t  ngx_http_dato_latency_bounds[NGX_HTTP_DATO_LATENCY_BUCKETS] = {
 };
 
 
+/* a zone made by a build whose layout differs is not taken over */
+#define ngx_http_dato_shm_layout()                                            \
+    (sizeof(ngx_http_dato_shctx_t) << 16 ^ ngx_http_dato_sched_size())
+
+
 ngx_shm_zone_t *
-ngx_http_dato_shm_add(ngx_conf_t *cf)
+ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size)
 {
     ngx_shm_zone_t           *zone;
     ngx_http_dato_shm_ctx_t  *ctx;
 
     extern ngx_module_t  ngx_http_dato_module;
 
-    zone = ngx_shared_memory_add(cf, &ngx_http_dato_shm_name,
-                                 NGX_HTTP_DATO_SHM_SIZE,
+    zone = ngx_shared_memory_add(cf, &ngx_http_dato_shm_name, size,
                                  &ngx_http_dato_module);
     if (zone == NULL) {
         return NULL;
@@ -110,6 +72,10 @@ ngx_http_dato_shm_add(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&ctx->keys, cf->pool, 4, sizeof(uint32_t)) != NGX_OK) {
+        return NULL;
+    }
+
     zone->init = ngx_http_dato_shm_init;
     zone->data = ctx;
 
@@ -117,7 +83,77 @@ ngx_http_dato_shm_add(ngx_conf_t *cf)
 }
 
 
-/* a reload keeps the old zone, its pauses and its log of calls */
+/* a token's hash: its index among the configuration's tokens */
+
+ngx_int_t
+ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key, ngx_uint_t *index)
+{
+    uint32_t                 *keys;
+    ngx_uint_t                i;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+    keys = ctx->keys.elts;
+
+    for (i = 0; i < ctx->keys.nelts; i++) {
+        if (keys[i] == key) {
+            *index = i;
+            return NGX_OK;
+        }
+    }
+
+    keys = ngx_array_push(&ctx->keys);
+    if (keys == NULL) {
+        return NGX_ERROR;
+    }
+
+    *keys = key;
+    *index = i;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Once all tokens are known: room for their entries, and a zone big
+ * enough for them.  The count is a bound from above of what the slab
+ * allocator takes (whole pages for an entry, a page of page headers per
+ * 170 pages), so that "nginx -t" says what starting would find.
+ */
+
+char *
+ngx_http_dato_shm_check(ngx_conf_t *cf, ngx_shm_zone_t *zone)
+{
+    size_t                    need, entry;
+    ngx_uint_t                n;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+    n = ctx->keys.nelts;
+
+    ctx->entries = ngx_pcalloc(cf->pool,
+                               (n + 1) * sizeof(ngx_http_dato_sched_t *));
+    if (ctx->entries == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    entry = ngx_align(ngx_http_dato_sched_size(), ngx_pagesize);
+    need = (n + 6) * ngx_pagesize + n * entry;
+    need += need / 170;
+
+    if (need > zone->shm.size) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dato_zone_size\" %uzk is too small for %ui API "
+                           "tokens: they need about %uzk",
+                           zone->shm.size / 1024, n, need / 1024 + 1);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* a reload keeps the old zone, its budgets, pauses and counters */
 
 static ngx_int_t
 ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
@@ -129,17 +165,17 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 
     ctx = zone->data;
 
-    if (octx && octx->sh->size == sizeof(ngx_http_dato_shctx_t)) {
+    if (octx && octx->sh->size == ngx_http_dato_shm_layout()) {
         ctx->sh = octx->sh;
         ctx->shpool = octx->shpool;
-        return NGX_OK;
+        return ngx_http_dato_shm_tokens(zone);
     }
 
     ctx->shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
     if (zone->shm.exists && octx == NULL) {
         ctx->sh = ctx->shpool->data;
-        return NGX_OK;
+        return ngx_http_dato_shm_tokens(zone);
     }
 
     ctx->sh = ngx_slab_calloc(ctx->shpool, sizeof(ngx_http_dato_shctx_t));
@@ -147,13 +183,13 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
         return NGX_ERROR;
     }
 
-    ctx->sh->size = sizeof(ngx_http_dato_shctx_t);
+    ctx->sh->size = ngx_http_dato_shm_layout();
     ctx->shpool->data = ctx->sh;
 
     if (octx) {
 
-        /* the old layout is left where it is: a few KB, until a restart */
-        return NGX_OK;
+        /* the old layout is left where it is, until a restart */
+        return ngx_http_dato_shm_tokens(zone);
     }
 
     len = sizeof(" in dato zone \"\"") + zone->shm.name.len;
@@ -166,245 +202,46 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
     ngx_sprintf(ctx->shpool->log_ctx, " in dato zone \"%V\"%Z",
                 &zone->shm.name);
 
-    return NGX_OK;
+    return ngx_http_dato_shm_tokens(zone);
 }
 
 
-/*
- * 0 when a call may leave now (it takes "slot", to be released when the
- * call is answered), or how many ms to wait: at most "limit" calls in any
- * "period", none while a 429 pause lasts.  A call that can wait (a job
- * poll) asks for "reserve" more free slots than it takes, so that it never
- * takes one that a publish is waiting for.
- */
+/* old workers may use the zone while a reload sets it up: locked */
 
-ngx_msec_t
-ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate, ngx_uint_t *slot,
-    ngx_uint_t reserve)
+static ngx_int_t
+ngx_http_dato_shm_tokens(ngx_shm_zone_t *zone)
 {
-    ngx_msec_t                now, oldest, wait, gap;
-    ngx_uint_t                i, free;
-    ngx_http_dato_bucket_t   *bucket;
+    ngx_int_t                 rc;
     ngx_http_dato_shm_ctx_t  *ctx;
 
-    ctx = rate->zone->data;
-    now = ngx_http_dato_shm_now();
+    ctx = zone->data;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    bucket = ngx_http_dato_bucket(ctx, rate);
-
-    if ((ngx_msec_int_t) (bucket->paused_until - now) > 0) {
-        wait = bucket->paused_until - now;
-        goto done;
-    }
-
-    oldest = bucket->sent[bucket->next];
-
-    if (bucket->out[bucket->next]) {
-        if ((ngx_msec_int_t) (now - oldest) < NGX_HTTP_DATO_RATE_OUT_MAX) {
-
-            /* not answered yet: its period has not even begun */
-
-            wait = ngx_min(rate->period, 100);
-            goto done;
-        }
-
-        oldest += NGX_HTTP_DATO_RATE_OUT_MAX;
-    }
-
-    if (oldest && (ngx_msec_int_t) (now - oldest)
-                  < (ngx_msec_int_t) rate->period)
-    {
-        wait = rate->period - (now - oldest);
-        goto done;
-    }
-
-    gap = rate->period / bucket->limit;
-
-    wait = ngx_http_dato_rate_pace(bucket, gap, now);
-
-    if (wait) {
-        goto done;
-    }
-
-    if (reserve) {
-        free = 0;
-
-        for (i = 0; i < bucket->limit; i++) {
-            if (!bucket->out[i]
-                && (bucket->sent[i] == 0
-                    || (ngx_msec_int_t) (now - bucket->sent[i])
-                       >= (ngx_msec_int_t) rate->period))
-            {
-                free++;
-            }
-        }
-
-        if (free <= reserve) {
-            wait = ngx_max(rate->period / bucket->limit, 50);
-            goto done;
-        }
-    }
-
-    *slot = bucket->next;
-
-    bucket->due = ((ngx_msec_int_t) (bucket->due - now) > 0 ? bucket->due
-                                                             : now)
-                  + gap;
-
-    bucket->sent[bucket->next] = now;
-    bucket->out[bucket->next] = 1;
-    bucket->next = (bucket->next + 1) % bucket->limit;
-    wait = 0;
-
-done:
+    rc = ngx_http_dato_sched_init_zone(ctx->shpool, &ctx->sh->sched,
+                                       ctx->keys.elts, ctx->keys.nelts,
+                                       ctx->entries);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
-    return wait;
-}
-
-
-/*
- * Calls keep a steady pace of one per period / limit, after a burst of a
- * quarter of the limit, or of up to 4 calls (a "generic cell rate"): the
- * call log alone would let a flood spend the whole budget at the start of
- * each period and then hold every webhook for the rest of it.  0 when a
- * call may leave now, or how many ms to wait.
- */
-
-static ngx_msec_t
-ngx_http_dato_rate_pace(ngx_http_dato_bucket_t *bucket, ngx_msec_t gap,
-    ngx_msec_t now)
-{
-    ngx_uint_t      burst;
-    ngx_msec_int_t  ahead;
-
-    burst = ngx_max(bucket->limit / 4, ngx_min(bucket->limit, 4));
-
-    /* how far the calls are ahead of the pace, beyond the burst allowed */
-
-    ahead = (ngx_msec_int_t) (bucket->due - now)
-            - (ngx_msec_int_t) (gap * (burst - 1));
-
-    return ahead > 0 ? (ngx_msec_t) ahead : 0;
-}
-
-
-/* the call of "slot" was answered, or failed: its period starts now */
-
-void
-ngx_http_dato_rate_release(ngx_http_dato_rate_t *rate, ngx_uint_t slot)
-{
-    ngx_http_dato_bucket_t   *bucket;
-    ngx_http_dato_shm_ctx_t  *ctx;
-
-    ctx = rate->zone->data;
-
-    ngx_shmtx_lock(&ctx->shpool->mutex);
-
-    bucket = ngx_http_dato_bucket(ctx, rate);
-
-    if (slot < bucket->limit && bucket->out[slot]) {
-        bucket->sent[slot] = ngx_http_dato_shm_now();
-        bucket->out[slot] = 0;
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_EMERG, ngx_cycle->log, 0,
+                      "\"dato_zone_size\" %uzk is too small for %ui API "
+                      "tokens", zone->shm.size / 1024, ctx->keys.nelts);
     }
 
-    ngx_shmtx_unlock(&ctx->shpool->mutex);
+    return rc;
 }
 
 
 void
-ngx_http_dato_rate_pause(ngx_http_dato_rate_t *rate, ngx_msec_t ms)
+ngx_http_dato_shm_init_process(ngx_shm_zone_t *zone)
 {
-    ngx_msec_t                until;
-    ngx_http_dato_bucket_t   *bucket;
     ngx_http_dato_shm_ctx_t  *ctx;
 
-    ctx = rate->zone->data;
-    until = ngx_current_msec + ms;
+    ctx = zone->data;
 
-    ngx_shmtx_lock(&ctx->shpool->mutex);
-
-    bucket = ngx_http_dato_bucket(ctx, rate);
-
-    if ((ngx_msec_int_t) (until - bucket->paused_until) > 0) {
-        bucket->paused_until = until;
-    }
-
-    ngx_shmtx_unlock(&ctx->shpool->mutex);
-}
-
-
-/*
- * ngx_current_msec is as old as the event loop's iteration; the call log
- * wants the time now, on the same clock
- */
-
-static ngx_msec_t
-ngx_http_dato_shm_now(void)
-{
-#if (NGX_HAVE_CLOCK_MONOTONIC)
-    struct timespec  ts;
-
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
-        return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    }
-#endif
-
-    return ngx_current_msec;
-}
-
-
-/* called locked; the table is small: a 17th token takes the last slot */
-
-static ngx_http_dato_bucket_t *
-ngx_http_dato_bucket(ngx_http_dato_shm_ctx_t *ctx, ngx_http_dato_rate_t *rate)
-{
-    ngx_uint_t               i;
-    ngx_http_dato_bucket_t  *bucket;
-    ngx_http_dato_shctx_t   *sh;
-
-    sh = ctx->sh;
-
-    for (i = 0; i < sh->nbuckets; i++) {
-        if (sh->buckets[i].key == rate->key) {
-            break;
-        }
-    }
-
-    if (i == sh->nbuckets) {
-        if (sh->nbuckets < NGX_HTTP_DATO_BUCKETS) {
-            sh->nbuckets++;
-        } else {
-            i = NGX_HTTP_DATO_BUCKETS - 1;
-        }
-
-        ngx_memzero(&sh->buckets[i], sizeof(ngx_http_dato_bucket_t));
-        sh->buckets[i].key = rate->key;
-        sh->buckets[i].limit = rate->limit;
-    }
-
-    bucket = &sh->buckets[i];
-
-    if (bucket->limit != rate->limit) {
-
-        /*
-         * the limit changed with a reload: the calls of the last period
-         * are not known one by one, so the new log starts full
-         */
-
-        for (i = 0; i < rate->limit; i++) {
-            bucket->sent[i] = ngx_current_msec;
-            bucket->out[i] = 0;
-        }
-
-        bucket->limit = rate->limit;
-        bucket->next = 0;
-    }
-
-    return bucket;
+    ngx_http_dato_sched_init_process(ctx->shpool, ctx->sh->sched);
 }
 
 
@@ -579,14 +416,12 @@ void
 ngx_http_dato_shm_snapshot(ngx_shm_zone_t *zone,
     ngx_http_dato_snapshot_t *snap)
 {
-    ngx_msec_t                now, pause;
     ngx_uint_t                i, j;
     ngx_http_dato_shctx_t    *sh;
     ngx_http_dato_shm_ctx_t  *ctx;
 
     ctx = zone->data;
     sh = ctx->sh;
-    now = ngx_current_msec;
 
     ngx_memzero(snap, sizeof(ngx_http_dato_snapshot_t));
 
@@ -616,13 +451,7 @@ ngx_http_dato_shm_snapshot(ngx_shm_zone_t *zone,
     ngx_memcpy(snap->error_code, sh->error_code, sh->error_code_len);
     snap->error_time = sh->error_time;
 
-    for (i = 0; i < sh->nbuckets; i++) {
-        pause = sh->buckets[i].paused_until;
-
-        if ((ngx_msec_int_t) (pause - now) > 0 && pause - now > snap->pause) {
-            snap->pause = pause - now;
-        }
-    }
+    ngx_http_dato_sched_state(sh->sched, &snap->rate);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 }

@@ -2,10 +2,10 @@
 /*
  * Copyright (C) ngx_http_dato_module authors
  *
- * The shared zone: what all workers of one nginx must agree on.  The API
- * rate limit of each token (a log of the last calls and the pause that a
- * 429 sets; the zone keeps no token, only a hash of it), and the counters
- * of the status page, which survive reloads.
+ * The shared zone: what all workers of one nginx must agree on, and what
+ * survives reloads and a worker's death.  The scheduler's entries, one per
+ * token (ngx_http_dato_sched.c; the zone keeps no token, only a hash of
+ * it), and the counters of the status page.
  */
 
 
@@ -16,9 +16,12 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
+#include "ngx_http_dato_sched.h"
 
-/* the most calls per period that dato_rate_limit takes */
-#define NGX_HTTP_DATO_RATE_MAX  600
+
+/* dato_zone_size: the default, and the least that nginx takes */
+#define NGX_HTTP_DATO_SHM_SIZE      (512 * 1024)
+#define NGX_HTTP_DATO_SHM_SIZE_MIN  (32 * 1024)
 
 
 /* the counters and gauges of the status page */
@@ -93,23 +96,31 @@ typedef struct {
     u_char                        error_code[64];
     size_t                        error_code_len;
     time_t                        error_time;
-    ngx_msec_t                    pause;
+    ngx_http_dato_sched_state_t   rate;
 } ngx_http_dato_snapshot_t;
 
 
+typedef struct ngx_http_dato_shctx_s  ngx_http_dato_shctx_t;
+
+
+/* per configuration cycle: zone->data */
 typedef struct {
-    ngx_shm_zone_t               *zone;
-    uint32_t                      key;
-    ngx_uint_t                    limit;
-    ngx_msec_t                    period;
-} ngx_http_dato_rate_t;
+    ngx_http_dato_shctx_t        *sh;
+    ngx_slab_pool_t              *shpool;
+
+    /* uint32_t: the hashes of the tokens the configuration names */
+    ngx_array_t                   keys;
+
+    /* their scheduler entries, found when the zone is set up */
+    ngx_http_dato_sched_t       **entries;
+} ngx_http_dato_shm_ctx_t;
 
 
-ngx_shm_zone_t *ngx_http_dato_shm_add(ngx_conf_t *cf);
-ngx_msec_t ngx_http_dato_rate_acquire(ngx_http_dato_rate_t *rate,
-    ngx_uint_t *slot, ngx_uint_t reserve);
-void ngx_http_dato_rate_release(ngx_http_dato_rate_t *rate, ngx_uint_t slot);
-void ngx_http_dato_rate_pause(ngx_http_dato_rate_t *rate, ngx_msec_t ms);
+ngx_shm_zone_t *ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size);
+ngx_int_t ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key,
+    ngx_uint_t *index);
+char *ngx_http_dato_shm_check(ngx_conf_t *cf, ngx_shm_zone_t *zone);
+void ngx_http_dato_shm_init_process(ngx_shm_zone_t *zone);
 
 void ngx_http_dato_stat_add(ngx_shm_zone_t *zone, ngx_uint_t stat,
     ngx_atomic_int_t n);

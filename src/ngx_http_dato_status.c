@@ -235,7 +235,13 @@ ngx_http_dato_status_json(ngx_http_request_t *r,
     }
 
     ngx_http_dato_status_set(root, "rate_limit.pause_ms",
-                             json_integer((json_int_t) snap->pause));
+                             json_integer((json_int_t) snap->rate.pause));
+    ngx_http_dato_status_set(root, "rate_limit.limit",
+                             json_integer((json_int_t) snap->rate.limit));
+    ngx_http_dato_status_set(root, "rate_limit.announced",
+                             json_integer((json_int_t) snap->rate.announced));
+    ngx_http_dato_status_set(root, "rate_limit.remaining",
+                             json_integer((json_int_t) snap->rate.remaining));
 
     for (i = 0; i < 2; i++) {
         ngx_http_dato_status_set(root, ngx_http_dato_histograms[i][2],
@@ -406,8 +412,23 @@ ngx_http_dato_status_prometheus(ngx_http_request_t *r,
                      "the pause that a 429 set.\n"
                      "# TYPE dato_rate_limit_pause_seconds gauge\n"
                      "dato_rate_limit_pause_seconds ");
-    p = ngx_http_dato_status_seconds(p, last, snap->pause);
-    p = ngx_slprintf(p, last, "\n");
+    p = ngx_http_dato_status_seconds(p, last, snap->rate.pause);
+
+    p = ngx_slprintf(p, last,
+                     "\n# HELP dato_rate_limit_calls Calls per 3 s window "
+                     "the module plans with now.\n"
+                     "# TYPE dato_rate_limit_calls gauge\n"
+                     "dato_rate_limit_calls %ui\n"
+                     "# HELP dato_rate_limit_announced_calls The last "
+                     "X-RateLimit-Limit of the API.\n"
+                     "# TYPE dato_rate_limit_announced_calls gauge\n"
+                     "dato_rate_limit_announced_calls %ui\n"
+                     "# HELP dato_rate_limit_remaining_calls The last "
+                     "X-RateLimit-Remaining of the API.\n"
+                     "# TYPE dato_rate_limit_remaining_calls gauge\n"
+                     "dato_rate_limit_remaining_calls %ui\n",
+                     snap->rate.limit, snap->rate.announced,
+                     snap->rate.remaining);
 
     for (i = 0; i < 2; i++) {
         h = &snap->latency[i];
