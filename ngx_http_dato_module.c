@@ -492,7 +492,8 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                          target->client.authorization.len)
           ^ ngx_crc32_long(conf->api_url.data, conf->api_url.len);
 
-    if (ngx_http_dato_shm_key(dmcf->zone, key, &target->rate.index)
+    if (ngx_http_dato_shm_key(dmcf->zone, key, conf->rate_limit,
+                              &target->rate.index)
         != NGX_OK)
     {
         return NGX_CONF_ERROR;

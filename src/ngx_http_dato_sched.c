@@ -56,6 +56,9 @@ struct ngx_http_dato_sched_s {
     ngx_uint_t                    others;
     ngx_msec_t                    others_at;
 
+    /* the smallest dato_rate_limit set for the token, 0 for none */
+    ngx_uint_t                    cap;
+
     ngx_uint_t                    generation;
     ngx_uint_t                    reset_warned;
 
@@ -111,7 +114,8 @@ ngx_http_dato_sched_size(void)
 
 ngx_int_t
 ngx_http_dato_sched_init_zone(ngx_slab_pool_t *shpool, void **root,
-    uint32_t *keys, ngx_uint_t nkeys, ngx_http_dato_sched_t **entries)
+    ngx_http_dato_sched_key_t *keys, ngx_uint_t nkeys,
+    ngx_http_dato_sched_t **entries)
 {
     ngx_uint_t                   i;
     ngx_http_dato_sched_t       *s;
@@ -132,7 +136,7 @@ ngx_http_dato_sched_init_zone(ngx_slab_pool_t *shpool, void **root,
     for (i = 0; i < nkeys; i++) {
 
         for (s = r->first; s; s = s->next) {
-            if (s->key == keys[i]) {
+            if (s->key == keys[i].key) {
                 break;
             }
         }
@@ -144,10 +148,13 @@ ngx_http_dato_sched_init_zone(ngx_slab_pool_t *shpool, void **root,
                 return NGX_ERROR;
             }
 
-            s->key = keys[i];
+            s->key = keys[i].key;
             s->next = r->first;
             r->first = s;
         }
+
+        /* for the status page; the configuration of this reload's */
+        s->cap = keys[i].cap;
 
         entries[i] = s;
     }
@@ -243,6 +250,16 @@ ngx_http_dato_sched_ask(ngx_http_dato_rate_t *rate, ngx_uint_t *ticket,
     }
 
     if (wait) {
+        goto done;
+    }
+
+    /*
+     * until an answer has announced the budget, one call at a time: the
+     * default may be more than the API allows
+     */
+
+    if (s->announced == 0 && ngx_http_dato_sched_out(s)) {
+        wait = NGX_HTTP_DATO_OUT_WAIT;
         goto done;
     }
 
@@ -448,6 +465,10 @@ ngx_http_dato_sched_state(void *root,
     }
 
     state->limit = ngx_http_dato_sched_budget(first, now);
+
+    if (first->cap) {
+        state->limit = ngx_min(state->limit, first->cap);
+    }
     state->announced = first->announced;
     state->remaining = first->remaining;
 }

@@ -54,6 +54,13 @@ typedef struct {
 } ngx_http_dato_rate_t;
 
 
+/* a token the configuration names, and the smallest cap set for it */
+typedef struct {
+    uint32_t                      key;
+    ngx_uint_t                    cap;
+} ngx_http_dato_sched_key_t;
+
+
 /* what the status page shows of the first token */
 typedef struct {
     ngx_msec_t                    pause;
@@ -65,7 +72,7 @@ typedef struct {
 
 size_t ngx_http_dato_sched_size(void);
 ngx_int_t ngx_http_dato_sched_init_zone(ngx_slab_pool_t *shpool,
-    void **root, uint32_t *keys, ngx_uint_t nkeys,
+    void **root, ngx_http_dato_sched_key_t *keys, ngx_uint_t nkeys,
     ngx_http_dato_sched_t **entries);
 void ngx_http_dato_sched_init_process(ngx_slab_pool_t *shpool, void *root);
 

@@ -72,7 +72,10 @@ ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size)
         return NULL;
     }
 
-    if (ngx_array_init(&ctx->keys, cf->pool, 4, sizeof(uint32_t)) != NGX_OK) {
+    if (ngx_array_init(&ctx->keys, cf->pool, 4,
+                       sizeof(ngx_http_dato_sched_key_t))
+        != NGX_OK)
+    {
         return NULL;
     }
 
@@ -86,17 +89,22 @@ ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size)
 /* a token's hash: its index among the configuration's tokens */
 
 ngx_int_t
-ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key, ngx_uint_t *index)
+ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key, ngx_uint_t cap,
+    ngx_uint_t *index)
 {
-    uint32_t                 *keys;
-    ngx_uint_t                i;
-    ngx_http_dato_shm_ctx_t  *ctx;
+    ngx_uint_t                  i;
+    ngx_http_dato_shm_ctx_t    *ctx;
+    ngx_http_dato_sched_key_t  *keys;
 
     ctx = zone->data;
     keys = ctx->keys.elts;
 
     for (i = 0; i < ctx->keys.nelts; i++) {
-        if (keys[i] == key) {
+        if (keys[i].key == key) {
+            if (cap && (keys[i].cap == 0 || cap < keys[i].cap)) {
+                keys[i].cap = cap;
+            }
+
             *index = i;
             return NGX_OK;
         }
@@ -107,7 +115,8 @@ ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key, ngx_uint_t *index)
         return NGX_ERROR;
     }
 
-    *keys = key;
+    keys->key = key;
+    keys->cap = cap;
     *index = i;
 
     return NGX_OK;

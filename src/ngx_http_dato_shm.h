@@ -108,7 +108,7 @@ typedef struct {
     ngx_http_dato_shctx_t        *sh;
     ngx_slab_pool_t              *shpool;
 
-    /* uint32_t: the hashes of the tokens the configuration names */
+    /* ngx_http_dato_sched_key_t: the tokens the configuration names */
     ngx_array_t                   keys;
 
     /* their scheduler entries, found when the zone is set up */
@@ -118,7 +118,7 @@ typedef struct {
 
 ngx_shm_zone_t *ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size);
 ngx_int_t ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key,
-    ngx_uint_t *index);
+    ngx_uint_t cap, ngx_uint_t *index);
 char *ngx_http_dato_shm_check(ngx_conf_t *cf, ngx_shm_zone_t *zone);
 void ngx_http_dato_shm_init_process(ngx_shm_zone_t *zone);
 
