@@ -14,8 +14,9 @@
 /* calls out at once per token, all workers together */
 #define NGX_HTTP_DATO_OUT_MAX       64
 
-/* the budget until the API has announced one */
+/* the budget until the API has announced one, and the calls out then */
 #define NGX_HTTP_DATO_RATE_DEFAULT  50
+#define NGX_HTTP_DATO_PROBE_MAX     4
 
 /* how long a wait is when only a call still out can end it */
 #define NGX_HTTP_DATO_OUT_WAIT      50
@@ -254,11 +255,13 @@ ngx_http_dato_sched_ask(ngx_http_dato_rate_t *rate, ngx_uint_t *ticket,
     }
 
     /*
-     * until an answer has announced the budget, one call at a time: the
-     * default may be more than the API allows
+     * until an answer has announced the budget, a few calls at a time:
+     * the default may be more than the API allows
      */
 
-    if (s->announced == 0 && ngx_http_dato_sched_out(s)) {
+    if (s->announced == 0
+        && ngx_http_dato_sched_out(s) >= NGX_HTTP_DATO_PROBE_MAX)
+    {
         wait = NGX_HTTP_DATO_OUT_WAIT;
         goto done;
     }

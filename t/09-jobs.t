@@ -196,6 +196,27 @@ $jobC //= 'none';
     ok(@p && $p[-1]{status} == 200, 'result: the mock answered the poll 200');
 }
 
+# a webhook that waits for the result is worth a poll a second: a job done
+# after 4 "still running" answers is learned at about 5 s, within the
+# default dato_publish_timeout of 7 s (doubling intervals would poll at 1,
+# 3, 7 and 15 s)
+
+{
+    my ($id) = ids_of(650, 1);
+    $t->mock_faults({ job => { polls => 4 } });
+    my $r = $t->post_json('/result', hook($id), timeout => 15);
+    my ($c) = $t->calls_for($id);
+    my $job = $c ? $c->{job} : 'none';
+    is($r->{status}, 200, 'result, 4 polls: 200 within dato_publish_timeout')
+        or diag $r->{raw};
+    is(($r->{json} || {})->{meta}{status}, 'published', 'result, 4 polls: published');
+    my @p = polls_of($t, $job);
+    is(scalar(@p), 5, 'result, 4 polls: five polls, the last answered 200');
+    my @gaps = map { $p[$_]{t} - $p[$_ - 1]{t} } 1 .. $#p;
+    ok(@gaps && !grep({ $_ > 1.6 } @gaps),
+       'result, 4 polls: a poll a second (' . join(' ', map { sprintf '%.2f', $_ } @gaps) . ')');
+}
+
 {
     my @ids = ids_of(700, 2);
     $t->mock_faults({ job => { failed => 1 } });
