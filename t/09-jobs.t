@@ -273,10 +273,10 @@ my ($jobVars, @jobsVars);
     $t->wait_for(sub {
         $log = $t->read_file('access.log') // '';
         my @l = split /\n/, $log;
-        return @l >= 4;
+        return @l >= 5;
     }, 3);
     my @l = split /\n/, $log;
-    # lines: /result 200, /result 502 (above), then /vars, /varsnone
+    # lines: /result 200 twice, /result 502 (above), then /vars, /varsnone
     # (/result2s logs nowhere)
     my @vars = grep { /^202 / } @l;
     my $want = join ',', @jobsVars;

@@ -49,6 +49,8 @@ package DatoTest;
 #                          named in a "gave up publishing" error.log line
 #   $t->raw_send($path, $body)  a JSON POST on a raw socket, left unread
 #   $t->raw_read($sock, $timeout)  its answer, parsed as json_request()
+#   $t->worker_pids        the pids of the running nginx master's children
+#                          (its workers), sorted
 #
 # Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
 # nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
@@ -455,6 +457,13 @@ sub _startup_diag {
 }
 
 sub pid { $_[0]{pid} }
+
+# the pids of the running nginx master's children (its workers), sorted
+sub worker_pids {
+    my ($self) = @_;
+    return () unless $self->{pid} && $self->{master};
+    return sort { $a <=> $b } _children($self->{pid});
+}
 
 sub test_conf {
     my ($self, %a) = @_;

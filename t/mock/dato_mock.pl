@@ -10,7 +10,9 @@
 #   --port P          TCP port to listen on (required; 0 = pick a free port).
 #   --host H          bind address, must be loopback (127.x.x.x or localhost);
 #                     default 127.0.0.1.
-#   --token T         expected API token (default "test-token").
+#   --token T         expected API token (default "test-token").  May be
+#                     given more than once: any of the tokens is accepted
+#                     (the rate-limit window stays one for all of them).
 #   --limit N         rate limit: N requests ... (default 60)
 #   --window S        ... per sliding window of S seconds (default 3, may be
 #                     fractional).  EVERY API request received counts,
@@ -135,7 +137,10 @@
 #   GET  /__mock/faults    -> {"publish":[...pending...],"job-results":[...]}
 #   POST /__mock/config    {"limit":60,"window":3,"job_polls":2,"token":"x",
 #                           "down_ms":3000,"down_mode":"refuse"|"close"}
-#                          -> effective config.  down_ms simulates an outage:
+#                          -> effective config ("token" is the first accepted
+#                          token, "tokens" all of them).  "token" may also be
+#                          a non-empty array of strings: the tokens accepted
+#                          from then on.  down_ms simulates an outage:
 #                          every open connection is closed (the config call
 #                          itself is answered with Connection: close) and
 #                          - down_mode "refuse" (default): the listening
@@ -185,7 +190,7 @@ use Socket qw(SOL_SOCKET SO_LINGER IPPROTO_TCP TCP_NODELAY);
 my %opt = (
     host         => '127.0.0.1',
     port         => undef,
-    token        => 'test-token',
+    token        => [],
     limit        => 60,
     window       => 3,
     log          => undef,
@@ -212,7 +217,7 @@ sub usage {
 GetOptions(
     'port=i'         => \$opt{port},
     'host=s'         => \$opt{host},
-    'token=s'        => \$opt{token},
+    'token=s@'       => $opt{token},
     'limit=i'        => \$opt{limit},
     'window=f'       => \$opt{window},
     'log=s'          => \$opt{log},
@@ -233,6 +238,7 @@ $opt{host} = '127.0.0.1' if lc $opt{host} eq 'localhost';
 fatal('--host must be a loopback IPv4 address (127.x.x.x)')
     unless $opt{host} =~ /^127\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
         && $1 <= 255 && $2 <= 255 && $3 <= 255;
+$opt{token} = ['test-token'] unless @{ $opt{token} };
 fatal('--limit must be >= 1')        if $opt{limit} < 1;
 fatal('--window must be > 0')        if $opt{window} <= 0;
 fatal('--job-polls must be >= -1')   if $opt{job_polls} < -1;
@@ -246,7 +252,7 @@ my %cfg = (
     limit     => $opt{limit},
     window    => $opt{window},
     job_polls => $opt{job_polls},
-    token     => $opt{token},
+    token     => [ @{ $opt{token} } ],    # the accepted tokens
 );
 
 # ------------------------------------------------------------------ state --
@@ -1016,7 +1022,7 @@ sub common_checks {
             reset => rl_reset_secs($req->{t}), remaining => 0);
     }
     my $auth = $h->{authorization};
-    if (!defined $auth || $auth ne "Bearer $cfg{token}") {
+    if (!defined $auth || !grep { $auth eq "Bearer $_" } @{ $cfg{token} }) {
         return api_error(401, 'INVALID_AUTHORIZATION_HEADER',
             { message => defined $auth ? 'invalid API token or malformed Authorization header'
                                        : 'missing Authorization header' });
@@ -1287,7 +1293,8 @@ sub config_doc {
         limit     => $cfg{limit} + 0,
         window    => $cfg{window} + 0,
         job_polls => $cfg{job_polls} + 0,
-        token     => $cfg{token},
+        token     => $cfg{token}[0],
+        tokens    => [ @{ $cfg{token} } ],
         port      => $bound_port + 0,
         down_ms   => ($down_until > now() ? int(($down_until - now()) * 1000) : 0),
         down_mode => $down_mode,
@@ -1331,8 +1338,10 @@ sub control_request {
             if exists $doc->{window} && !(is_json_number($doc->{window}) && $doc->{window} > 0);
         return ctl_bad($c, $req, 400, 'job_polls must be an integer >= -1')
             if exists $doc->{job_polls} && !(is_json_int($doc->{job_polls}) && $doc->{job_polls} >= -1);
-        return ctl_bad($c, $req, 400, 'token must be a string')
-            if exists $doc->{token} && !is_json_string($doc->{token});
+        return ctl_bad($c, $req, 400, 'token must be a string or a non-empty array of strings')
+            if exists $doc->{token} && !is_json_string($doc->{token})
+                && !(ref $doc->{token} eq 'ARRAY' && @{ $doc->{token} }
+                     && !grep { !is_json_string($_) } @{ $doc->{token} });
         return ctl_bad($c, $req, 400, 'down_ms must be a number 0..600000')
             if exists $doc->{down_ms} && !(is_json_number($doc->{down_ms}) && $doc->{down_ms} >= 0 && $doc->{down_ms} <= 600000);
         return ctl_bad($c, $req, 400, 'down_mode must be "refuse" or "close"')
@@ -1340,7 +1349,8 @@ sub control_request {
         $cfg{limit}     = 0 + $doc->{limit}     if exists $doc->{limit};
         $cfg{window}    = 0 + $doc->{window}    if exists $doc->{window};
         $cfg{job_polls} = 0 + $doc->{job_polls} if exists $doc->{job_polls};
-        $cfg{token}     = '' . $doc->{token}    if exists $doc->{token};
+        $cfg{token}     = [ map { '' . $_ } ref $doc->{token} ? @{ $doc->{token} } : $doc->{token} ]
+            if exists $doc->{token};
         my $down = $doc->{down_ms} // 0;
         if ($down > 0) {
             go_down($down, $doc->{down_mode} // 'refuse', $c);
