@@ -39,6 +39,8 @@ static size_t ngx_http_dato_client_write(char *ptr, size_t size,
     size_t nmemb, void *userdata);
 static size_t ngx_http_dato_client_header(char *ptr, size_t size,
     size_t nmemb, void *userdata);
+static void ngx_http_dato_client_location(ngx_http_dato_client_result_t *res,
+    u_char *p, u_char *last);
 static void ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc);
 static void ngx_http_dato_client_read(ngx_http_dato_client_call_t *call);
 static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
@@ -50,8 +52,13 @@ static ngx_http_dato_client_call_t *ngx_http_dato_client_call(
 static ngx_int_t ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, const char *url,
     ngx_http_dato_client_call_t *call);
+static void ngx_http_dato_client_job_id(ngx_http_dato_client_result_t *res,
+    json_t *v);
+static void ngx_http_dato_client_error(ngx_http_dato_client_result_t *res,
+    json_t *errors, ngx_uint_t guess);
 static void ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
     json_t *data);
+static ngx_uint_t ngx_http_dato_client_count(json_t *v, ngx_int_t max);
 static void ngx_http_dato_client_free(ngx_http_dato_client_call_t *call);
 
 
@@ -436,6 +443,14 @@ ngx_http_dato_client_header(char *ptr, size_t size, size_t nmemb,
     n = size * nmemb;
     res = &call->result;
 
+    if (n > sizeof("Location:") - 1
+        && ngx_strncasecmp((u_char *) ptr, (u_char *) "Location:", 9) == 0)
+    {
+        ngx_http_dato_client_location(res, (u_char *) ptr + 9,
+                                      (u_char *) ptr + n);
+        return n;
+    }
+
     if (n < sizeof("X-RateLimit-Limit:") - 1
         || ngx_strncasecmp((u_char *) ptr, (u_char *) "X-RateLimit-", 12)
            != 0)
@@ -483,6 +498,33 @@ ngx_http_dato_client_header(char *ptr, size_t size, size_t nmemb,
     }
 
     return n;
+}
+
+
+/* a redirect's target host, for the log: "https://host/..." -> "host" */
+
+static void
+ngx_http_dato_client_location(ngx_http_dato_client_result_t *res, u_char *p,
+    u_char *last)
+{
+    u_char  *host;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    host = ngx_strlcasestrn(p, last, (u_char *) "://", 3 - 1);
+    host = host ? host + 3 : p;
+
+    for (p = host; p < last; p++) {
+        if (*p == '/' || *p == '?' || *p == '#' || *p <= ' ') {
+            break;
+        }
+    }
+
+    ngx_http_dato_client_set(&res->details, res->details_buf,
+                             NGX_HTTP_DATO_DETAILS_LEN, (char *) host,
+                             p - host);
 }
 
 
@@ -544,7 +586,7 @@ ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
 static void
 ngx_http_dato_client_read(ngx_http_dato_client_call_t *call)
 {
-    json_t                         *root, *data, *attrs, *v;
+    json_t                         *root, *data;
     ngx_http_dato_client_result_t  *res;
 
     res = &call->result;
@@ -559,48 +601,25 @@ ngx_http_dato_client_read(ngx_http_dato_client_call_t *call)
 
         if (call->job) {
             ngx_http_dato_client_job_read(res, data);
-            goto done;
+
+        } else {
+            ngx_http_dato_client_job_id(res, json_object_get(data, "id"));
         }
 
-        v = json_object_get(data, "id");
+    } else if (res->status >= 300 && res->status < 400) {
 
-        if (json_is_string(v)) {
-            ngx_http_dato_client_set(&res->job_id, res->job_buf,
-                                     NGX_HTTP_DATO_JOB_LEN,
-                                     json_string_value(v),
-                                     json_string_length(v));
-        }
-
-        goto done;
-    }
-
-    if (call->job && res->status == 404) {
-
-        /* the job still runs: the usual answer, not an error */
-        goto done;
-    }
-
-    attrs = json_object_get(json_array_get(data, 0), "attributes");
-    v = json_object_get(attrs, "code");
-
-    if (json_is_string(v)) {
-        ngx_http_dato_client_set(&res->code, res->code_buf,
-                                 NGX_HTTP_DATO_CODE_LEN, json_string_value(v),
-                                 json_string_length(v));
-
-        res->transient = json_is_true(json_object_get(attrs, "transient"));
-
-    } else {
-
-        /* not DatoCMS's answer: a proxy's error page, an empty body */
+        /* never followed: the Location header's host is in res->details */
 
         ngx_http_dato_client_set(&res->code, res->code_buf,
-                                 NGX_HTTP_DATO_CODE_LEN, "NON_JSON_ANSWER",
-                                 sizeof("NON_JSON_ANSWER") - 1);
-        res->transient = 1;
-    }
+                                 NGX_HTTP_DATO_CODE_LEN, "REDIRECT",
+                                 sizeof("REDIRECT") - 1);
 
-done:
+    } else if (!(call->job && res->status == 404)) {
+
+        /* a poll's 404 is the usual answer while the job runs */
+
+        ngx_http_dato_client_error(res, data, 1);
+    }
 
     if (root) {
         json_decref(root);
@@ -609,42 +628,146 @@ done:
 
 
 /*
+ * A job ID goes into a URL path and into answers: one that is too long or
+ * not made of ID characters is refused whole, never cut and used.
+ */
+
+static void
+ngx_http_dato_client_job_id(ngx_http_dato_client_result_t *res, json_t *v)
+{
+    u_char       ch;
+    size_t       i, len;
+    const char  *id;
+
+    if (!json_is_string(v)) {
+        return;
+    }
+
+    id = json_string_value(v);
+    len = json_string_length(v);
+
+    if (len == 0 || len > NGX_HTTP_DATO_JOB_LEN) {
+        res->bad_job = 1;
+        return;
+    }
+
+    for (i = 0; i < len; i++) {
+        ch = id[i];
+
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z')
+              || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_'))
+        {
+            res->bad_job = 1;
+            return;
+        }
+    }
+
+    ngx_memcpy(res->job_buf, id, len);
+    res->job_id.data = res->job_buf;
+    res->job_id.len = len;
+}
+
+
+/*
+ * DatoCMS's errors, [{"type":"api_error","attributes":{"code":...,
+ * "transient":true,"details":{...}}}], in an answer or in a job's payload.
+ * Anything else is not DatoCMS's answer (a proxy's error page, an empty
+ * body): transient when "guess" is set.
+ */
+
+static void
+ngx_http_dato_client_error(ngx_http_dato_client_result_t *res,
+    json_t *errors, ngx_uint_t guess)
+{
+    char    *text;
+    json_t  *attrs, *v;
+
+    attrs = json_object_get(json_array_get(errors, 0), "attributes");
+    v = json_object_get(attrs, "code");
+
+    if (!json_is_string(v)) {
+        if (guess) {
+            ngx_http_dato_client_set(&res->code, res->code_buf,
+                                     NGX_HTTP_DATO_CODE_LEN,
+                                     "NON_JSON_ANSWER",
+                                     sizeof("NON_JSON_ANSWER") - 1);
+            res->transient = 1;
+        }
+
+        return;
+    }
+
+    ngx_http_dato_client_set(&res->code, res->code_buf,
+                             NGX_HTTP_DATO_CODE_LEN, json_string_value(v),
+                             json_string_length(v));
+
+    res->transient = json_is_true(json_object_get(attrs, "transient"));
+
+    v = json_object_get(attrs, "details");
+
+    if (v == NULL) {
+        return;
+    }
+
+    text = json_dumps(v, JSON_COMPACT|JSON_ENCODE_ANY);
+
+    if (text) {
+        ngx_http_dato_client_set(&res->details, res->details_buf,
+                                 NGX_HTTP_DATO_DETAILS_LEN, text,
+                                 ngx_strlen(text));
+        free(text);
+    }
+}
+
+
+/*
  * {"data":{"type":"job_result","id":"4235","attributes":{"status":200,
- * "payload":{"data":[],"meta":{"successful":20,"failed":0}}}}}
+ * "payload":{"data":[],"meta":{"successful":20,"failed":0}}}}}; the
+ * numbers are clamped here to what they can mean, and to the batch's
+ * records by the batcher
  */
 
 static void
 ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
     json_t *data)
 {
-    json_t  *attrs, *meta, *v;
+    json_t  *attrs, *payload, *meta, *v;
 
     attrs = json_object_get(data, "attributes");
-    v = json_object_get(attrs, "status");
+    payload = json_object_get(attrs, "payload");
+    meta = json_object_get(payload, "meta");
 
     /* an answer without a status is taken as a failed job, not a crash */
 
-    res->job_status = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v)
-                                         : 0;
-
-    meta = json_object_get(json_object_get(attrs, "payload"), "meta");
+    v = json_object_get(attrs, "status");
+    res->job_status = ngx_http_dato_client_count(v, 999);
 
     v = json_object_get(meta, "successful");
-    res->successful = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v)
-                                         : 0;
+    res->successful = ngx_http_dato_client_count(v, NGX_MAX_INT_T_VALUE);
 
     v = json_object_get(meta, "failed");
-    res->failed = json_is_integer(v) ? (ngx_uint_t) json_integer_value(v) : 0;
+    res->failed = ngx_http_dato_client_count(v, NGX_MAX_INT_T_VALUE);
 
-    v = json_object_get(json_array_get(json_object_get(
-            json_object_get(attrs, "payload"), "data"), 0), "attributes");
-    v = json_object_get(v, "code");
-
-    if (json_is_string(v)) {
-        ngx_http_dato_client_set(&res->code, res->code_buf,
-                                 NGX_HTTP_DATO_CODE_LEN, json_string_value(v),
-                                 json_string_length(v));
+    if (res->job_status < 200 || res->job_status > 299) {
+        ngx_http_dato_client_error(res, json_object_get(payload, "data"), 0);
     }
+}
+
+
+/* a JSON integer in 0..max, or 0 */
+
+static ngx_uint_t
+ngx_http_dato_client_count(json_t *v, ngx_int_t max)
+{
+    json_int_t  n;
+
+    if (!json_is_integer(v)) {
+        return 0;
+    }
+
+    n = json_integer_value(v);
+
+    return n < 0 ? 0 : (n > max ? (ngx_uint_t) max : (ngx_uint_t) n);
 }
 
 

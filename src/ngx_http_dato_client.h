@@ -18,8 +18,9 @@
 #include "ngx_http_dato_parse.h"
 
 
-#define NGX_HTTP_DATO_CODE_LEN  64
-#define NGX_HTTP_DATO_JOB_LEN   32
+#define NGX_HTTP_DATO_CODE_LEN     64
+#define NGX_HTTP_DATO_JOB_LEN      32
+#define NGX_HTTP_DATO_DETAILS_LEN  256
 
 
 /* a record ID, NUL-terminated so that jansson can take it as it is */
@@ -63,7 +64,9 @@ typedef struct {
     ngx_int_t                   rate_remaining;
     ngx_int_t                   rate_reset;
 
+    /* empty when the answer had none; refused when not an ID (bad_job) */
     ngx_str_t                   job_id;
+    unsigned                    bad_job:1;
 
     /* a finished job: its attributes.status and payload.meta counts */
     ngx_uint_t                  job_status;
@@ -73,8 +76,15 @@ typedef struct {
     /* DatoCMS's error code, or curl's reason for a network failure */
     ngx_str_t                   code;
 
+    /*
+     * the error's details as compact JSON, or the host a redirect named:
+     * printable ASCII, cut to NGX_HTTP_DATO_DETAILS_LEN
+     */
+    ngx_str_t                   details;
+
     u_char                      job_buf[NGX_HTTP_DATO_JOB_LEN];
     u_char                      code_buf[NGX_HTTP_DATO_CODE_LEN];
+    u_char                      details_buf[NGX_HTTP_DATO_DETAILS_LEN];
 } ngx_http_dato_client_result_t;
 
 

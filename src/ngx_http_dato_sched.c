@@ -49,6 +49,10 @@ struct ngx_http_dato_sched_s {
     /* the pace: when the next call is due, see ngx_http_dato_sched_pace() */
     ngx_msec_t                    due;
 
+    /* a publish that was held asks again then: polls leave it the call */
+    ngx_msec_t                    wanted;
+    ngx_uint_t                    wanting;
+
     /* the last X-RateLimit-Limit and -Remaining, 0 before any */
     ngx_uint_t                    announced;
     ngx_uint_t                    remaining;
@@ -94,6 +98,7 @@ static ngx_uint_t ngx_http_dato_sched_budget(ngx_http_dato_sched_t *s,
     ngx_msec_t now);
 static ngx_msec_t ngx_http_dato_sched_pace(ngx_http_dato_sched_t *s,
     ngx_msec_t gap, ngx_uint_t limit, ngx_msec_t now);
+static ngx_uint_t ngx_http_dato_sched_burst(ngx_uint_t limit);
 static ngx_msec_t ngx_http_dato_sched_pause(ngx_http_dato_sched_t *s,
     ngx_int_t reset, ngx_uint_t *warn);
 
@@ -226,6 +231,15 @@ ngx_http_dato_sched_ask(ngx_http_dato_rate_t *rate, ngx_uint_t *ticket,
         goto done;
     }
 
+    /* a poll gives way to a publish that waits for the next call */
+
+    if (spare && s->wanting
+        && (ngx_msec_int_t) (now - s->wanted) < NGX_HTTP_DATO_OUT_WAIT)
+    {
+        wait = NGX_HTTP_DATO_OUT_WAIT;
+        goto done;
+    }
+
     ngx_http_dato_sched_reclaim(s, now, rate->timeout);
 
     /* the API's window: what it announced, less what others spend */
@@ -251,6 +265,21 @@ ngx_http_dato_sched_ask(ngx_http_dato_rate_t *rate, ngx_uint_t *ticket,
     }
 
     if (wait) {
+
+        /*
+         * the window is full: the pace's burst is credit for time without
+         * calls, not for time the window held them, or each window would
+         * begin with a burst of small calls and end with a stall
+         */
+
+        if (spare == 0) {
+            w = now + wait + gap * (ngx_http_dato_sched_burst(pace) - 1);
+
+            if ((ngx_msec_int_t) (w - s->due) > 0) {
+                s->due = w;
+            }
+        }
+
         goto done;
     }
 
@@ -295,7 +324,16 @@ ngx_http_dato_sched_ask(ngx_http_dato_rate_t *rate, ngx_uint_t *ticket,
 
     s->due = ((ngx_msec_int_t) (s->due - now) > 0 ? s->due : now) + gap;
 
+    if (spare == 0) {
+        s->wanting = 0;
+    }
+
 done:
+
+    if (wait && spare == 0) {
+        s->wanting = 1;
+        s->wanted = now + wait;
+    }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -672,15 +710,21 @@ static ngx_msec_t
 ngx_http_dato_sched_pace(ngx_http_dato_sched_t *s, ngx_msec_t gap,
     ngx_uint_t limit, ngx_msec_t now)
 {
-    ngx_uint_t      burst;
     ngx_msec_int_t  ahead;
 
-    burst = ngx_max(limit / 4, ngx_min(limit, 4));
-
     ahead = (ngx_msec_int_t) (s->due - now)
-            - (ngx_msec_int_t) (gap * (burst - 1));
+            - (ngx_msec_int_t) (gap * (ngx_http_dato_sched_burst(limit) - 1));
 
     return ahead > 0 ? (ngx_msec_t) ahead : 0;
+}
+
+
+/* a quarter of the limit, or up to 4 calls */
+
+static ngx_uint_t
+ngx_http_dato_sched_burst(ngx_uint_t limit)
+{
+    return ngx_max(limit / 4, ngx_min(limit, 4));
 }
 
 
