@@ -19,6 +19,12 @@
 #define NGX_HTTP_DATO_POLL_MIN      1000
 #define NGX_HTTP_DATO_POLL_MAX      30000
 
+/* a link's record bits, see ngx_http_dato_link_t */
+#define ngx_http_dato_link_set(link, i)                                       \
+    (link)->records[(i) >> 6] |= (uint64_t) 1 << ((i) & 63)
+#define ngx_http_dato_link_has(link, i)                                       \
+    ((link)->records[(i) >> 6] & ((uint64_t) 1 << ((i) & 63)))
+
 /* the most jobs a worker follows at once; past it jobs are not followed */
 #define NGX_HTTP_DATO_JOBS_MAX      1000
 
@@ -41,6 +47,9 @@ typedef struct {
 
     /* the waiter's entry for this batch's job, in waiter->jobs */
     ngx_uint_t                    job;
+
+    /* which of the batch's records are the waiter's: bit i, ids[i] */
+    uint64_t                      records[4];
 } ngx_http_dato_link_t;
 
 
@@ -133,8 +142,7 @@ static void ngx_http_dato_batch_timer(ngx_event_t *ev);
 static void ngx_http_dato_batch_answer(void *data,
     ngx_http_dato_client_result_t *res);
 static void ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
-    ngx_str_t *job);
-static ngx_int_t ngx_http_dato_valid_job(ngx_str_t *job);
+    ngx_http_dato_client_result_t *res);
 static void ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_polled(void *data,
     ngx_http_dato_client_result_t *res);
@@ -147,8 +155,26 @@ static void ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch,
 static void ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_leave_line(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch);
+static ngx_http_dato_batch_t *ngx_http_dato_batch_alloc(
+    ngx_http_dato_batcher_t *b, ngx_http_dato_target_t *target,
+    ngx_str_t *env, ngx_uint_t size);
+static ngx_uint_t ngx_http_dato_batch_any(ngx_uint_t status,
+    ngx_str_t *code);
+static void ngx_http_dato_batch_refused(ngx_http_dato_batch_t *batch,
+    ngx_uint_t status, ngx_str_t *code, ngx_str_t *details,
+    const char *why);
+static ngx_int_t ngx_http_dato_batch_split(ngx_http_dato_batch_t *batch);
+static ngx_int_t ngx_http_dato_batch_relink(ngx_http_dato_batch_t *from,
+    ngx_http_dato_batch_t *to, ngx_uint_t first);
+static void ngx_http_dato_batch_again(ngx_http_dato_batch_t *batch);
+static void ngx_http_dato_batch_job_failed(ngx_http_dato_batch_t *batch,
+    ngx_http_dato_client_result_t *res);
+static void ngx_http_dato_batch_job_stats(ngx_http_dato_batch_t *batch,
+    ngx_uint_t bad);
 static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
-    ngx_uint_t status, ngx_str_t *code, const char *why);
+    ngx_uint_t status, ngx_str_t *code, ngx_str_t *details,
+    const char *why);
+static void ngx_http_dato_batch_tell_refused(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch,
     ngx_uint_t level, u_char *what, size_t len);
 static void ngx_http_dato_batch_watch(ngx_event_t *ev);
@@ -283,7 +309,7 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
                 return NGX_ERROR;
             }
 
-            link = ngx_palloc(w->pool, sizeof(ngx_http_dato_link_t));
+            link = ngx_pcalloc(w->pool, sizeof(ngx_http_dato_link_t));
             if (link == NULL) {
                 return NGX_ERROR;
             }
@@ -295,6 +321,10 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
             link->job = NGX_HTTP_DATO_NO_JOB;
             ngx_queue_insert_tail(&batch->waiters, &link->queue);
             w->pending++;
+        }
+
+        if (link) {
+            ngx_http_dato_link_set(link, j);
         }
 
         if (batch->nids == target->batch_size) {
@@ -335,6 +365,10 @@ ngx_http_dato_waiter_init(ngx_http_dato_waiter_t *w, ngx_pool_t *pool)
     if (ngx_array_init(&w->jobs, pool, 1, sizeof(ngx_http_dato_job_t))
         != NGX_OK)
     {
+        return NGX_ERROR;
+    }
+
+    if (ngx_array_init(&w->refused, pool, 1, sizeof(ngx_str_t)) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -394,9 +428,30 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
         }
     }
 
+    batch = ngx_http_dato_batch_alloc(b, target, env, target->batch_size);
+    if (batch == NULL) {
+        return NULL;
+    }
+
+    batch->state = NGX_HTTP_DATO_BATCH_OPEN;
+    ngx_queue_insert_tail(&target->open, &batch->queue);
+
+    ngx_add_timer(&batch->timer, target->batch_window);
+
+    return batch;
+}
+
+
+/* a batch of at most "size" records, queued, in no line yet */
+
+static ngx_http_dato_batch_t *
+ngx_http_dato_batch_alloc(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env, ngx_uint_t size)
+{
+    ngx_http_dato_batch_t  *batch;
+
     batch = ngx_alloc(sizeof(ngx_http_dato_batch_t)
-                      + (target->batch_size - 1) * sizeof(ngx_http_dato_id_t),
-                      b->log);
+                      + (size - 1) * sizeof(ngx_http_dato_id_t), b->log);
     if (batch == NULL) {
         return NULL;
     }
@@ -405,7 +460,7 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
 
     batch->batcher = b;
     batch->target = target;
-    batch->state = NGX_HTTP_DATO_BATCH_OPEN;
+    batch->state = NGX_HTTP_DATO_BATCH_WAITING;
     batch->opened = ngx_current_msec;
     batch->queued = 1;
 
@@ -416,7 +471,6 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
     }
 
     ngx_queue_init(&batch->waiters);
-    ngx_queue_insert_tail(&target->open, &batch->queue);
     ngx_queue_insert_tail(&b->batches, &batch->all);
 
     /* not cancelable: a graceful exit waits for the batch to be sent */
@@ -424,8 +478,6 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
     batch->timer.handler = ngx_http_dato_batch_timer;
     batch->timer.data = &b->dummy;
     batch->timer.log = b->log;
-
-    ngx_add_timer(&batch->timer, target->batch_window);
 
     return batch;
 }
@@ -458,7 +510,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
     left = batch->opened + batch->target->retry_timeout - ngx_current_msec;
 
     if ((ngx_msec_int_t) left <= 0) {
-        ngx_http_dato_batch_give_up(batch, 0, NULL,
+        ngx_http_dato_batch_give_up(batch, 0, NULL, NULL,
                                     "dato_retry_timeout has passed while "
                                     "the budget or a pause held them");
         return;
@@ -534,7 +586,7 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
     }
 
     if (rc == NGX_DECLINED) {
-        ngx_http_dato_batch_give_up(batch, 0, NULL,
+        ngx_http_dato_batch_give_up(batch, 0, NULL, NULL,
                                     "the worker process is exiting");
         return;
     }
@@ -598,7 +650,7 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     }
 
     if (res->outcome == NGX_HTTP_DATO_CLIENT_ABORTED || b->aborted) {
-        ngx_http_dato_batch_give_up(batch, 0, NULL,
+        ngx_http_dato_batch_give_up(batch, 0, NULL, NULL,
                                     b->abort_reason ? b->abort_reason
                                     : "the worker process is exiting");
         return;
@@ -612,7 +664,7 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
                       "dato: %ui records sent, job \"%V\"",
                       batch->nids, &res->job_id);
 
-        ngx_http_dato_batch_accepted(batch, &res->job_id);
+        ngx_http_dato_batch_accepted(batch, res);
         return;
     }
 
@@ -639,28 +691,55 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
         }
 
         ngx_http_dato_batch_give_up(batch, res->status, &res->code,
+                                    &res->details,
                                     "dato_retry_timeout has passed");
         return;
     }
 
-    ngx_http_dato_batch_give_up(batch, res->status, &res->code,
-                                res->status ? "DatoCMS refused the call"
-                                            : "the call cannot succeed");
+    if (res->status >= 300 && res->status < 400) {
+
+        /* never followed, never retried: dato_api_url is wrong */
+
+        ngx_http_dato_batch_give_up(batch, res->status, &res->code,
+                                    &res->details,
+                                    "the API redirected the call to the "
+                                    "host in details: check dato_api_url");
+        return;
+    }
+
+    if (res->status == 0) {
+        ngx_http_dato_batch_give_up(batch, 0, &res->code, NULL,
+                                    "the call cannot succeed");
+        return;
+    }
+
+    ngx_http_dato_batch_refused(batch, res->status, &res->code,
+                                &res->details, "DatoCMS refused the call");
 }
 
 
 /* DatoCMS took the batch: its webhooks learn the job; then follow it */
 
 static void
-ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
+ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
+    ngx_http_dato_client_result_t *res)
 {
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
 
-    batch->job.len = ngx_min(job->len, NGX_HTTP_DATO_JOB_LEN);
+    /* the client took only a job ID made of ID characters, and whole */
+
+    batch->job.len = res->job_id.len;
     batch->job.data = batch->job_buf;
-    ngx_memcpy(batch->job_buf, job->data, batch->job.len);
+    ngx_memcpy(batch->job_buf, res->job_id.data, batch->job.len);
+
+    if (res->bad_job) {
+        ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                      "dato: the API accepted %ui records with a job ID "
+                      "that is not an ID (too long or not ID characters): "
+                      "refused, the job is not followed", batch->nids);
+    }
 
     batch->accepted = ngx_current_msec;
 
@@ -670,8 +749,7 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
     ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_ID,
                                batch->accepted - batch->opened);
 
-    if (!batch->target->job_poll
-        || !ngx_http_dato_valid_job(&batch->job)
+    if (!batch->target->job_poll || batch->job.len == 0
         || b->jobs >= NGX_HTTP_DATO_JOBS_MAX || b->aborted)
     {
         ngx_http_dato_batch_notify(batch, 1);
@@ -692,32 +770,6 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch, ngx_str_t *job)
 
     batch->timer.cancelable = 1;
     ngx_add_timer(&batch->timer, batch->poll_delay);
-}
-
-
-/* the job ID goes into a URL path: only the characters IDs are made of */
-
-static ngx_int_t
-ngx_http_dato_valid_job(ngx_str_t *job)
-{
-    u_char      ch;
-    ngx_uint_t  i;
-
-    if (job->len == 0) {
-        return 0;
-    }
-
-    for (i = 0; i < job->len; i++) {
-        ch = job->data[i];
-
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z')
-              || (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
 }
 
 
@@ -773,7 +825,6 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
     ngx_http_dato_batch_t *batch = data;
 
     ngx_msec_t                left;
-    ngx_uint_t                level;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
@@ -797,21 +848,26 @@ ngx_http_dato_batch_polled(void *data, ngx_http_dato_client_result_t *res)
     if (res->status == 200) {
         batch->finished = 1;
         batch->job_status = res->job_status ? res->job_status : 1;
-        batch->successful = res->successful;
-        batch->failed = res->failed;
+
+        /* hostile input too: the counts can only be of the batch's records */
+
+        batch->successful = ngx_min(res->successful, batch->nids);
+        batch->failed = ngx_min(res->failed, batch->nids - batch->successful);
+
+        /* a job that failed as a whole published what it says, no more */
 
         if (batch->job_status < 200 || batch->job_status > 299) {
-            batch->fail_code.len = ngx_min(res->code.len,
-                                           NGX_HTTP_DATO_CODE_LEN);
-            batch->fail_code.data = batch->code_buf;
-            ngx_memcpy(batch->code_buf, res->code.data, batch->fail_code.len);
+            batch->failed = batch->nids - batch->successful;
         }
 
-        level = (batch->failed || batch->job_status < 200
-                 || batch->job_status > 299)
-                ? NGX_LOG_WARN : NGX_LOG_INFO;
+        if (batch->failed || batch->job_status < 200
+            || batch->job_status > 299)
+        {
+            ngx_http_dato_batch_job_failed(batch, res);
+            return;
+        }
 
-        ngx_http_dato_batch_job_end(batch, level, "finished");
+        ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO, "finished");
         return;
     }
 
@@ -865,20 +921,7 @@ ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch, ngx_uint_t level,
 
         bad = (level == NGX_LOG_WARN);
 
-        ngx_http_dato_stat_add(b->zone, bad ? NGX_HTTP_DATO_JOBS_FAILED
-                                            : NGX_HTTP_DATO_JOBS_DONE, 1);
-        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_PUBLISHED,
-                               batch->successful);
-        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_FAILED,
-                               (batch->job_status < 200
-                                || batch->job_status > 299)
-                               && batch->failed == 0
-                               ? batch->nids : batch->failed);
-        ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_DONE,
-                                   ngx_current_msec - batch->opened);
-        ngx_http_dato_stat_job(b->zone, &batch->job, batch->nids,
-                               batch->job_status, batch->successful,
-                               batch->failed);
+        ngx_http_dato_batch_job_stats(batch, bad);
 
     } else {
         p = ngx_snprintf(line, sizeof(line),
@@ -891,8 +934,6 @@ ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch, ngx_uint_t level,
             ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_UNFINISHED, 1);
         }
     }
-
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_PENDING, -1);
 
     if (bad) {
         ngx_http_dato_batch_log_ids(batch, level, line, p - line);
@@ -1079,6 +1120,7 @@ ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch)
 
     if (batch->state == NGX_HTTP_DATO_BATCH_JOB) {
         b->jobs--;
+        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_PENDING, -1);
     }
 
     if (batch->timer.timer_set) {
@@ -1099,9 +1141,9 @@ ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch)
 
 static void
 ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
-    ngx_str_t *code, const char *why)
+    ngx_str_t *code, ngx_str_t *details, const char *why)
 {
-    u_char                   *p, line[256];
+    u_char                   *p, *last, line[640];
     ngx_str_t                 none = ngx_string("-");
     ngx_http_dato_batcher_t  *b;
 
@@ -1109,25 +1151,429 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
 
     batch->fail_status = status ? status : NGX_HTTP_DATO_NO_ANSWER;
 
-    if (code && code->len) {
+    if (code && code->len && code->data != batch->code_buf) {
         batch->fail_code.len = ngx_min(code->len, NGX_HTTP_DATO_CODE_LEN);
         batch->fail_code.data = batch->code_buf;
         ngx_memcpy(batch->code_buf, code->data, batch->fail_code.len);
     }
 
-    p = ngx_snprintf(line, sizeof(line),
+    last = line + sizeof(line);
+
+    p = ngx_slprintf(line, last,
                      "dato: gave up publishing %ui records after %ui "
-                     "attempts (%s; status %ui, code %V)",
+                     "attempts (%s; status %ui, code %V",
                      batch->nids, batch->attempts, why, status,
                      batch->fail_code.len ? &batch->fail_code : &none);
+
+    if (details && details->len) {
+        p = ngx_slprintf(p, last, ", details %V", details);
+    }
+
+    if (batch->job.len) {
+        p = ngx_slprintf(p, last, ", job \"%V\"", &batch->job);
+    }
+
+    p = ngx_slprintf(p, last, ")");
 
     ngx_http_dato_batch_log_ids(batch, NGX_LOG_ERR, line, p - line);
 
     ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
                            batch->nids);
 
+    ngx_http_dato_batch_tell_refused(batch);
     ngx_http_dato_batch_notify(batch, 1);
     ngx_http_dato_batch_free(batch);
+}
+
+
+/* each waiting webhook learns which of its own records were given up */
+
+static void
+ngx_http_dato_batch_tell_refused(ngx_http_dato_batch_t *batch)
+{
+    ngx_str_t               *id;
+    ngx_uint_t               i;
+    ngx_queue_t             *q;
+    ngx_http_dato_link_t    *link;
+    ngx_http_dato_waiter_t  *w;
+
+    for (q = ngx_queue_head(&batch->waiters);
+         q != ngx_queue_sentinel(&batch->waiters);
+         q = ngx_queue_next(q))
+    {
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+        w = link->waiter;
+
+        for (i = 0; i < batch->nids; i++) {
+            if (!ngx_http_dato_link_has(link, i)) {
+                continue;
+            }
+
+            id = ngx_array_push(&w->refused);
+            if (id == NULL) {
+                return;
+            }
+
+            id->len = batch->ids[i].len;
+            id->data = ngx_pnalloc(w->pool, id->len);
+
+            if (id->data == NULL) {
+                w->refused.nelts--;
+                return;
+            }
+
+            ngx_memcpy(id->data, batch->ids[i].data, id->len);
+        }
+    }
+}
+
+
+/*
+ * DatoCMS refused the batch for good, in its answer or in its job's
+ * result.  An error that any batch would get (the token, the site, the
+ * headers) gives up the batch in one line; one that may be about some of
+ * its records splits it in halves, down to the refused records alone,
+ * so that one record cannot sink the others: about 2 * log2(n) calls per
+ * refused record, all through the scheduler.
+ */
+
+static void
+ngx_http_dato_batch_refused(ngx_http_dato_batch_t *batch, ngx_uint_t status,
+    ngx_str_t *code, ngx_str_t *details, const char *why)
+{
+    if (batch->nids > 1 && !ngx_http_dato_batch_any(status, code)
+        && !batch->batcher->aborted)
+    {
+        ngx_log_error(NGX_LOG_WARN, batch->batcher->log, 0,
+                      "dato: %s (status %ui, code %V): sending its %ui "
+                      "records again in halves, to find the refused ones",
+                      why, status, code, batch->nids);
+
+        if (ngx_http_dato_batch_split(batch) == NGX_OK) {
+            return;
+        }
+    }
+
+    ngx_http_dato_batch_give_up(batch, status, code, details, why);
+}
+
+
+/* errors that are not about records: splitting would only repeat them */
+
+static ngx_uint_t
+ngx_http_dato_batch_any(ngx_uint_t status, ngx_str_t *code)
+{
+    ngx_str_t  *c;
+
+    static ngx_str_t  any[] = {
+        ngx_string("INSUFFICIENT_PERMISSIONS"),
+        ngx_string("INVALID_API_VERSION"),
+        ngx_string("INVALID_AUTHORIZATION_HEADER"),
+        ngx_string("INVALID_ACCEPT_HEADER"),
+        ngx_string("INVALID_CONTENT_TYPE_HEADER"),
+        ngx_string("INVALID_ENVIRONMENT"),
+        ngx_string("ENVIRONMENT_NOT_READY"),
+        ngx_string("ENVIRONMENT_IN_READ_ONLY_MODE"),
+        ngx_string("INVALID_ENDPOINT"),
+        ngx_string("INVALID_JSON_BODY"),
+        ngx_string("DEACTIVATED_SITE"),
+        ngx_string("PLAN_UPGRADE_REQUIRED"),
+        ngx_string("SITE_NOT_READY"),
+        ngx_string("MAINTENANCE_MODE"),
+        ngx_string("PLATFORM_SCHEDULED_MAINTENANCE"),
+        ngx_string("NON_JSON_ANSWER"),
+        ngx_null_string
+    };
+
+    if (status == 401 || status == 403 || status == 405 || status == 413
+        || status == 415)
+    {
+        return 1;
+    }
+
+    for (c = any; c->len; c++) {
+        if (code->len == c->len
+            && ngx_strncmp(code->data, c->data, c->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Two halves take the batch's records, its deadline and its webhooks
+ * (each only where its own records went), and wait in line for calls.
+ */
+
+static ngx_int_t
+ngx_http_dato_batch_split(ngx_http_dato_batch_t *batch)
+{
+    ngx_uint_t                i, n[2], first[2];
+    ngx_http_dato_link_t     *link;
+    ngx_http_dato_batch_t    *half[2];
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    first[0] = 0;
+    n[0] = batch->nids / 2;
+    first[1] = n[0];
+    n[1] = batch->nids - n[0];
+
+    half[0] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[0]);
+    if (half[0] == NULL) {
+        return NGX_ERROR;
+    }
+
+    half[1] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[1]);
+    if (half[1] == NULL) {
+        half[0]->queued = 0;
+        ngx_http_dato_batch_free(half[0]);
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 2; i++) {
+        half[i]->nids = n[i];
+        ngx_memcpy(half[i]->ids, &batch->ids[first[i]],
+                   n[i] * sizeof(ngx_http_dato_id_t));
+
+        half[i]->opened = batch->opened;
+        half[i]->attempts = batch->attempts;
+
+        if (ngx_http_dato_batch_relink(batch, half[i], first[i]) != NGX_OK) {
+
+            /* a webhook may not learn all; its records go on the same */
+
+            ngx_log_error(NGX_LOG_ALERT, b->log, 0,
+                          "dato: no memory to follow a split batch's "
+                          "webhooks");
+        }
+    }
+
+    /* the halves hold the records now: the queue's count moves to them */
+
+    if (batch->queued) {
+        batch->queued = 0;
+
+    } else {
+        b->queued += batch->nids;
+        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
+                               batch->nids);
+    }
+
+    /* the webhooks wait on the halves: none is woken by the parent */
+
+    while (!ngx_queue_empty(&batch->waiters)) {
+        link = ngx_queue_data(ngx_queue_head(&batch->waiters),
+                              ngx_http_dato_link_t, queue);
+        ngx_queue_remove(&link->queue);
+        link->batch = NULL;
+        link->waiter->pending--;
+    }
+
+    ngx_http_dato_batch_free(batch);
+
+    ngx_http_dato_batch_send(half[0]);
+    ngx_http_dato_batch_send(half[1]);
+
+    return NGX_OK;
+}
+
+
+/*
+ * Links each webhook of "from" whose records include some of "to"'s
+ * (from's records "first" on) to "to"; a job it already knew of is
+ * superseded by the new calls' jobs.
+ */
+
+static ngx_int_t
+ngx_http_dato_batch_relink(ngx_http_dato_batch_t *from,
+    ngx_http_dato_batch_t *to, ngx_uint_t first)
+{
+    ngx_uint_t               i;
+    ngx_queue_t             *q;
+    ngx_http_dato_job_t     *job;
+    ngx_http_dato_link_t    *link, *nl, **lp;
+    ngx_http_dato_waiter_t  *w;
+
+    for (q = ngx_queue_head(&from->waiters);
+         q != ngx_queue_sentinel(&from->waiters);
+         q = ngx_queue_next(q))
+    {
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+        w = link->waiter;
+        nl = NULL;
+
+        for (i = 0; i < to->nids; i++) {
+            if (!ngx_http_dato_link_has(link, first + i)) {
+                continue;
+            }
+
+            if (nl == NULL) {
+                lp = ngx_array_push(&w->links);
+                if (lp == NULL) {
+                    return NGX_ERROR;
+                }
+
+                nl = ngx_pcalloc(w->pool, sizeof(ngx_http_dato_link_t));
+                if (nl == NULL) {
+                    w->links.nelts--;
+                    return NGX_ERROR;
+                }
+
+                *lp = nl;
+
+                nl->batch = to;
+                nl->waiter = w;
+                nl->job = NGX_HTTP_DATO_NO_JOB;
+                ngx_queue_insert_tail(&to->waiters, &nl->queue);
+                w->pending++;
+            }
+
+            ngx_http_dato_link_set(nl, i);
+        }
+
+        if (link->job != NGX_HTTP_DATO_NO_JOB) {
+            job = (ngx_http_dato_job_t *) w->jobs.elts + link->job;
+            job->superseded = 1;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A job failed in a way that may pass (a 5xx, a transient error): its
+ * batch goes back in the queue to be sent again, whole, within
+ * dato_retry_timeout.
+ */
+
+static void
+ngx_http_dato_batch_again(ngx_http_dato_batch_t *batch)
+{
+    ngx_queue_t              *q;
+    ngx_http_dato_job_t      *job;
+    ngx_http_dato_link_t     *link;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    for (q = ngx_queue_head(&batch->waiters);
+         q != ngx_queue_sentinel(&batch->waiters);
+         q = ngx_queue_next(q))
+    {
+        link = ngx_queue_data(q, ngx_http_dato_link_t, queue);
+
+        if (link->job != NGX_HTTP_DATO_NO_JOB) {
+            job = (ngx_http_dato_job_t *) link->waiter->jobs.elts + link->job;
+            job->superseded = 1;
+            link->job = NGX_HTTP_DATO_NO_JOB;
+        }
+    }
+
+    b->jobs--;
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_PENDING, -1);
+
+    batch->state = NGX_HTTP_DATO_BATCH_WAITING;
+    batch->timer.cancelable = 0;
+    batch->finished = 0;
+    batch->job.len = 0;
+
+    batch->queued = 1;
+    b->queued += batch->nids;
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
+                           batch->nids);
+}
+
+
+/*
+ * A job whose status is not 2xx, or that failed some records, is handled
+ * as the same refusal of the call would be: sent again when the error may
+ * pass, split down to the records that still fail otherwise (publishing a
+ * published record again is harmless).
+ */
+
+static void
+ngx_http_dato_batch_job_failed(ngx_http_dato_batch_t *batch,
+    ngx_http_dato_client_result_t *res)
+{
+    u_char                   *p, line[256];
+    ngx_str_t                 code;
+    ngx_msec_t                delay;
+    ngx_uint_t                status, transient;
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+    status = batch->job_status;
+
+    p = ngx_snprintf(line, sizeof(line), "DatoCMS's job \"%V\" failed "
+                     "%ui of %ui records", &batch->job, batch->failed,
+                     batch->nids);
+    *p = '\0';
+
+    ngx_http_dato_batch_job_stats(batch, 1);
+
+    if (res->code.len) {
+        code = res->code;
+
+    } else {
+        ngx_str_set(&code, "-");
+    }
+
+    transient = (status >= 500 || status == 429 || res->transient);
+
+    if (!transient) {
+        ngx_http_dato_batch_refused(batch, status, &code, &res->details,
+                                    (char *) line);
+        return;
+    }
+
+    ngx_http_dato_batch_again(batch);
+
+    delay = ngx_http_dato_batch_backoff(batch);
+
+    if (ngx_current_msec - batch->opened + delay
+        > batch->target->retry_timeout)
+    {
+        ngx_http_dato_batch_give_up(batch, status, &code, &res->details,
+                                    "dato_retry_timeout has passed");
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                  "dato: %s (status %ui, code %V), sending them again in "
+                  "%M ms", line, status, &code, delay);
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RETRIES, 1);
+
+    ngx_add_timer(&batch->timer, delay);
+}
+
+
+/* a followed job has finished, well or not */
+
+static void
+ngx_http_dato_batch_job_stats(ngx_http_dato_batch_t *batch, ngx_uint_t bad)
+{
+    ngx_http_dato_batcher_t  *b;
+
+    b = batch->batcher;
+
+    ngx_http_dato_stat_add(b->zone, bad ? NGX_HTTP_DATO_JOBS_FAILED
+                                        : NGX_HTTP_DATO_JOBS_DONE, 1);
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_PUBLISHED,
+                           batch->successful);
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_FAILED,
+                           batch->failed);
+    ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_DONE,
+                               ngx_current_msec - batch->opened);
+    ngx_http_dato_stat_job(b->zone, &batch->job, batch->nids,
+                           batch->job_status, batch->successful,
+                           batch->failed);
 }
 
 
@@ -1240,6 +1686,6 @@ ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b, const char *why)
             continue;
         }
 
-        ngx_http_dato_batch_give_up(batch, 0, NULL, why);
+        ngx_http_dato_batch_give_up(batch, 0, NULL, NULL, why);
     }
 }

@@ -58,6 +58,9 @@ typedef struct {
     ngx_uint_t                    status;
     ngx_uint_t                    successful;
     ngx_uint_t                    failed;
+
+    /* its records were sent again in other calls, which have their jobs */
+    unsigned                      superseded:1;
 } ngx_http_dato_job_t;
 
 
@@ -73,6 +76,9 @@ struct ngx_http_dato_waiter_s {
 
     /* ngx_http_dato_job_t, allocated in pool */
     ngx_array_t                   jobs;
+
+    /* ngx_str_t: the webhook's records that were given up */
+    ngx_array_t                   refused;
 
     /* the first failure: DatoCMS's status, or NGX_HTTP_DATO_NO_ANSWER */
     ngx_uint_t                    failed;

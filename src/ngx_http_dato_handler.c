@@ -37,6 +37,8 @@ static void ngx_http_dato_wake(ngx_http_dato_waiter_t *w);
 static void ngx_http_dato_wait_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dato_answer(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records, ngx_uint_t queued);
+static ngx_int_t ngx_http_dato_refused(ngx_http_request_t *r,
+    ngx_http_dato_waiter_t *w, ngx_uint_t records);
 static ngx_int_t ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *title, const char *detail, ngx_str_t *code);
 static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
@@ -388,6 +390,10 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                          "published%Z", w->failed);
         }
 
+        if (w->refused.nelts) {
+            return ngx_http_dato_refused(r, w, records);
+        }
+
         return ngx_http_dato_error(r, NGX_HTTP_BAD_GATEWAY,
                                    "publish failed", (char *) detail,
                                    &w->code);
@@ -474,6 +480,13 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     unknown = 0;
 
     for (i = 0; i < w->jobs.nelts; i++) {
+
+        /* its records went out again in other calls, listed too */
+
+        if (jobs[i].superseded) {
+            continue;
+        }
+
         if (jobs[i].status == 0) {
             unknown++;
 
@@ -517,6 +530,55 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                                         "records", (json_int_t) records,
                                         "status",
                                         unknown ? "queued" : "published"));
+}
+
+
+/*
+ * 502: DatoCMS refused some of the webhook's records for good; the others
+ * were published, and meta.refused names the ones that were not
+ */
+
+static ngx_int_t
+ngx_http_dato_refused(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
+    ngx_uint_t records)
+{
+    u_char      detail[128];
+    json_t     *ids, *err;
+    ngx_str_t  *id;
+    ngx_uint_t  i;
+
+    ids = json_array();
+    if (ids == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    id = w->refused.elts;
+
+    for (i = 0; i < w->refused.nelts; i++) {
+        if (json_array_append_new(ids, json_stringn((char *) id[i].data,
+                                                    id[i].len))
+            != 0)
+        {
+            json_decref(ids);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ngx_snprintf(detail, sizeof(detail),
+                 "DatoCMS answered %ui: %ui of the %ui records were not "
+                 "published%Z", w->failed, w->refused.nelts, records);
+
+    err = json_pack("{s:s, s:s, s:s, s:s#}", "status", "502",
+                    "title", "publish failed", "detail", detail,
+                    "code", w->code.len ? (char *) w->code.data : "-",
+                    (int) (w->code.len ? w->code.len : 1));
+
+    return ngx_http_dato_send(r, NGX_HTTP_BAD_GATEWAY,
+                              json_pack("{s:[o], s:{s:I, s:o}}",
+                                        "errors", err,
+                                        "meta",
+                                        "records", (json_int_t) records,
+                                        "refused", ids));
 }
 
 

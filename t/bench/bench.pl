@@ -20,20 +20,41 @@
 #   5 event loop        p99 of a static location while the API answers
 #                       after 2 s, vs the same with an API answering at once
 #   6 memory            RSS per worker with 10,000 webhooks waiting
+#   7 lone webhook      job-ID latency of single spaced webhooks (wait job,
+#                       default config) minus the mock's round trip for one
+#                       bulk publish call bench.pl makes itself
+#   8 closed loop       wrk -c64 fresh IDs (wait job, default config):
+#                       webhooks/s answered with a job ID vs a
+#                       lua-nginx-module batcher (t/bench/lua_batcher.lua,
+#                       200 ms window), worker_processes 2 (and 1)
+#   9 default floods    as 3, but no dato_* directive (the module's
+#                       defaults), mock at 60 and at 30 calls / 3 s
+#  10 two instances     two nginx, same token, one mock at 60 / 3 s, both
+#                       flooded at once: records/s together, share of 429s
+#
+# The rows "default config" set no dato_* directive but dato_api_url and
+# dato_api_token.  8 needs Debian's libnginx-mod-http-lua (run.sh installs
+# it).
 #
 # Environment:
 #   DATO_MODULE            module (default build/ngx_http_dato_module.so)
-#   BENCH_QUICK=1          shorter runs (about 1.5 minutes in all, 4-5 without)
+#   BENCH_QUICK=1          shorter runs (about 3 minutes in all, 8 without)
 #   BENCH_ONLY=1,3         run only these measurements
 #   BENCH_REPEAT=N         runs per repeated measurement (default 5, quick 1)
 #   BENCH_LOOP_PAIRS=N     slow/fast API phase pairs in 5 (default 5, quick 2)
 #   BENCH_VERBOSE=1        more progress detail (CPU use, process timings)
 #   BENCH_WRK_SECONDS      wrk duration in 1 and 5 (default 5, quick 3)
-#   BENCH_FLOOD_SECONDS    duration of each flood in 3 (default 30, quick 12)
-#   BENCH_FLOOD_CONNS      connections of the flood in 3 (default 1000)
+#   BENCH_FLOOD_SECONDS    duration of each flood in 3, 9, 10 (default 30, quick 12)
+#   BENCH_FLOOD_CONNS      connections of the flood in 3, 9 (default 1000; 10: half each)
 #   BENCH_CALLGRIND_N      webhooks per callgrind run (default 2000, quick 500)
 #   BENCH_RECORDS          N of measurement 4 (default 10000)
 #   BENCH_MEM_WEBHOOKS     waiting webhooks in 6 (default 10000)
+#   BENCH_LONE_N=N         webhooks and direct calls in 7 (default 20, quick 10)
+#   BENCH_LONE_GAP_MS=N    pause after each of them in 7 (default 250)
+#   BENCH_CLOSED_CONNS=N   wrk connections in 8 (default 64)
+#   BENCH_CLOSED_SECONDS=N duration of each wrk run in 8 (default 8, quick 4)
+#   BENCH_CLOSED_PAIRS=N   module/baseline pairs in 8 (default 3, quick 1)
+#   BENCH_CLOSED_WP1=0|1   8 also with worker_processes 1 (default 1, quick 0)
 #   BENCH_KEEP=1           keep the temporary directories (paths printed)
 #   BENCH_PROFILE_DIR      where the callgrind files of measurement 2 are
 #                          copied (default /tmp): dato-bench.callgrind.*.out
@@ -74,7 +95,13 @@ my $CG_N    = $ENV{BENCH_CALLGRIND_N}   // ($QUICK ? 500 : 2000);
 my $REC_N   = $ENV{BENCH_RECORDS}       // 10000;
 my $MEM_N   = $ENV{BENCH_MEM_WEBHOOKS}  // 10000;
 my $PAIRS   = $ENV{BENCH_LOOP_PAIRS}    // ($QUICK ? 2 : 5);
-my %ONLY    = map { $_ => 1 } split /[,\s]+/, ($ENV{BENCH_ONLY} // '1,2,3,4,5,6');
+my $LONE_N  = $ENV{BENCH_LONE_N}        // ($QUICK ? 10 : 20);
+my $LONE_GAP = $ENV{BENCH_LONE_GAP_MS}  // 250;
+my $CLOSED_C = $ENV{BENCH_CLOSED_CONNS} // 64;
+my $CLOSED_S = $ENV{BENCH_CLOSED_SECONDS} // ($QUICK ? 4 : 8);
+my $CLOSED_PAIRS = $ENV{BENCH_CLOSED_PAIRS} // ($QUICK ? 1 : 3);
+my $CLOSED_WP1 = $ENV{BENCH_CLOSED_WP1} // ($QUICK ? 0 : 1);
+my %ONLY    = map { $_ => 1 } split /[,\s]+/, ($ENV{BENCH_ONLY} // '1,2,3,4,5,6,7,8,9,10');
 
 my $NOFILE = do { my $n = `sh -c 'ulimit -n'`; chomp $n; $n =~ /^\d+$/ ? $n : 1024 };
 $NOFILE = 1_000_000 if $NOFILE eq 'unlimited';
@@ -130,13 +157,17 @@ sub fresh_prefix { return ++$ID_PREFIX }
 
 # A DatoTest with the mock and nginx running the bench configuration.
 #   mock => [mock args], dato => {directive => value}, worker_connections,
-#   start => 0: the mock only
+#   start => 0: the mock only; workers => N (worker_processes, default 2);
+#   defaults => 1: no dato_* directive but the URL and token (the module's
+#   defaults; dato => {...} still adds); mock_url => URL: use that running
+#   mock (of another DatoTest) instead of starting one
 sub env_start {
     my (%o) = @_;
     my $t = DatoTest->new(workers => $o{workers} // 2,
                           exists $o{master} ? (master => $o{master}) : ());
     say_progress("temp dir " . $t->tmpdir) if $ENV{BENCH_KEEP};
-    $t->start_mock('--max-conns', 4000, '--lifetime', 900, @{ $o{mock} // [] });
+    $t->start_mock('--max-conns', 4000, '--lifetime', 900, @{ $o{mock} // [] })
+        unless $o{mock_url};
     $t->run(raw => conf($t, %o)) unless defined $o{start} && !$o{start};
     return $t;
 }
@@ -144,13 +175,15 @@ sub env_start {
 sub conf {
     my ($t, %o) = @_;
     my $d = $o{dato} // {};
-    my %dato = (
+    my %dato = $o{defaults} ? %$d : (
         dato_rate_limit      => '50 3s',
         dato_job_poll        => 'on',
         dato_publish_timeout => '7s',
         dato_api_timeout     => '10s',
         %$d,
     );
+    my $workers = $o{workers} // 2;
+    my $api_url = $o{mock_url} // '%%MOCK%%';
     my $dato = join '', map { "    $_ $dato{$_};\n" } sort keys %dato;
     my $master = (exists $o{master} && !$o{master}) ? 'off' : 'on';
     my $wconns = $o{worker_connections} // 4096;
@@ -164,7 +197,7 @@ sub conf {
 load_module $t->{module};
 daemon off;
 master_process $master;
-worker_processes 2;
+worker_processes $workers;
 $rlimit
 pid $pidfile;
 error_log $elog notice;
@@ -187,7 +220,7 @@ http {
     # waiting request, the baseline of the memory measurement
     limit_req_zone \$server_port zone=hold:1m rate=1r/m;
 
-    dato_api_url %%MOCK%%;
+    dato_api_url $api_url;
     dato_api_token test-token;
 $dato
     server {
@@ -1008,6 +1041,456 @@ sub bench_memory {
 }
 
 ###########################################################################
+# 7-10: the scheduler (lone webhook, closed loop, default config floods,
+# two instances)
+
+# a blocking keep-alive connection for one request at a time
+sub ka_open {
+    my ($port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 5)
+        or die "connect 127.0.0.1:$port: $!\n";
+    setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);
+    binmode $s;
+    return $s;
+}
+
+# sends $req on $s and reads one answer (Content-Length framed); returns
+# { status, body, ms } or undef (closed, timeout)
+sub ka_call {
+    my ($s, $req, $timeout) = @_;
+    my $t0 = Time::HiRes::time();
+    my $off = 0;
+    while ($off < length $req) {
+        my $k = syswrite($s, $req, length($req) - $off, $off);
+        return undef unless defined $k && $k > 0;
+        $off += $k;
+    }
+    my $deadline = $t0 + ($timeout // 15);
+    my $sel = IO::Select->new($s);
+    my $buf = '';
+    while (1) {
+        my $h = index($buf, "\r\n\r\n");
+        if ($h >= 0) {
+            my $head = substr($buf, 0, $h);
+            my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi;
+            $len //= 0;
+            if (length($buf) >= $h + 4 + $len) {
+                my $t1 = Time::HiRes::time();
+                my ($code) = $head =~ m{^HTTP/1\.\d (\d{3})};
+                return { status => $code // 0, body => substr($buf, $h + 4, $len),
+                         ms => ($t1 - $t0) * 1000, head => $head };
+            }
+        }
+        my $left = $deadline - Time::HiRes::time();
+        return undef if $left <= 0;
+        next unless $sel->can_read($left);
+        my $k = sysread($s, $buf, 65536, length $buf);
+        return undef unless $k;
+    }
+}
+
+sub bulk_publish_req {
+    my ($port, @ids) = @_;
+    my $body = '{"data":{"type":"item_bulk_publish_operation","relationships":{"items":{"data":['
+        . join(',', map { qq({"type":"item","id":"$_"}) } @ids) . ']}}}}';
+    return "POST /items/bulk/publish HTTP/1.1\r\nHost: 127.0.0.1:$port\r\n"
+         . "Authorization: Bearer test-token\r\nAccept: application/json\r\n"
+         . "X-Api-Version: 3\r\nContent-Type: application/vnd.api+json\r\n"
+         . 'Content-Length: ' . length($body) . "\r\n\r\n" . $body;
+}
+
+sub pct {
+    my ($p, @v) = @_;
+    @v = sort { $a <=> $b } grep { defined } @v;
+    return undef unless @v;
+    my $i = ceil($p / 100 * @v) - 1;
+    $i = 0 if $i < 0;
+    return $v[$i];
+}
+
+# 7. the latency of a lone webhook
+sub bench_lone {
+    my $n = $LONE_N;
+    my $gap = $LONE_GAP / 1000;
+    say_progress("7. lone webhook: $n spaced webhooks (wait job, default config) vs $n direct bulk publish calls to the mock");
+    my $t = env_start(mock => [ '--limit', 60, '--window', 3 ], defaults => 1);
+    my $port = $t->port;
+    my $mport = $t->mock_port;
+    my $hook = ka_open($port);
+    my $api = ka_open($mport);
+    my $wp = fresh_prefix();
+    my $dp = fresh_prefix();
+    my (@hook_ms, @api_ms, @bad);
+
+    # warm-up: the module's first call (connection to the mock), the mock's
+    # first answer on this connection
+    for my $w (0, 1) {
+        my $r = ka_call($api, bulk_publish_req($mport, fresh_id($dp, 1_000_000 + $w)));
+        die "direct bulk publish call failed\n" unless $r && $r->{status} == 202;
+        Time::HiRes::sleep($gap);
+        $r = ka_call($hook, post_req($port, '/hook-job', webhook_body(fresh_id($wp, 1_000_000 + $w))));
+        die "warm-up webhook failed\n" unless $r;
+        Time::HiRes::sleep($gap);
+    }
+
+    for my $i (1 .. $n) {
+        # alternate the order, so that both see the same conditions
+        for my $which ($i % 2 ? ('api', 'hook') : ('hook', 'api')) {
+            my $r;
+            if ($which eq 'api') {
+                $r = ka_call($api, bulk_publish_req($mport, fresh_id($dp, $i)));
+                if ($r && $r->{status} == 202) { push @api_ms, $r->{ms} }
+                else { push @bad, "direct call $i: " . ($r ? $r->{status} : 'no answer') }
+                $api = ka_open($mport) unless $r;
+            } else {
+                $r = ka_call($hook, post_req($port, '/hook-job', webhook_body(fresh_id($wp, $i))));
+                if ($r && $r->{status} == 202 && $r->{body} =~ /"type":"job","id":"\d+"/) { push @hook_ms, $r->{ms} }
+                else { push @bad, "webhook $i: " . ($r ? "$r->{status} $r->{body}" : 'no answer') }
+                $hook = ka_open($port) unless $r;
+            }
+            Time::HiRes::sleep($gap);
+        }
+    }
+    close $hook;
+    close $api;
+    my $st = $t->mock_stats;
+    env_stop($t);
+
+    my $h50 = median(@hook_ms);
+    my $a50 = median(@api_ms);
+    die "no answers: @bad\n" unless defined $h50 && defined $a50;
+    my $d = $h50 - $a50;
+    my $ok = $d <= 5 && !@bad;
+    say_progress(sprintf '   webhook p50 %.2f ms (min %.2f, p90 %.2f, max %.2f); direct call p50 %.2f ms (min %.2f, p90 %.2f, max %.2f)',
+                 $h50, pct(0, @hook_ms), pct(90, @hook_ms), pct(100, @hook_ms),
+                 $a50, pct(0, @api_ms), pct(90, @api_ms), pct(100, @api_ms));
+    row(n => 7, name => 'Lone webhook: job-ID latency (wait job, default config) vs one bulk publish call made directly to the mock',
+        value => fmt($h50, 2) . ' ms', baseline => fmt($a50, 2) . ' ms',
+        ratio => sprintf('+%.2f ms', $d), target => '<= +5 ms', result => pass($ok));
+    push @NOTES, sprintf('7: medians of %d webhooks (fresh ID each, one keep-alive connection, %d ms apart) '
+        . 'and %d bulk publish calls of one fresh ID sent by bench.pl to the mock over its own keep-alive '
+        . 'connection, interleaved; webhook p90 %.2f ms, max %.2f ms; direct p90 %.2f ms, max %.2f ms; '
+        . 'the mock saw %d requests, statuses %s%s.',
+        scalar(@hook_ms), $LONE_GAP, scalar(@api_ms), pct(90, @hook_ms), pct(100, @hook_ms),
+        pct(90, @api_ms), pct(100, @api_ms), $st->{requests},
+        join(',', map { "$_:$st->{status_counts}{$_}" } sort keys %{ $st->{status_counts} }),
+        @bad ? '; failed: ' . join('; ', @bad[0 .. ($#bad < 2 ? $#bad : 2)]) : '');
+}
+
+# the lua-nginx-module baseline of 8 (t/bench/lua_batcher.lua)
+my @LUA_MODULES = ('/usr/lib/nginx/modules/ndk_http_module.so',
+                   '/usr/lib/nginx/modules/ngx_http_lua_module.so');
+
+sub lua_conf {
+    my ($t, %o) = @_;
+    my $tmp = $t->tmpdir;
+    my $workers = $o{workers} // 2;
+    my $rlimit = $NOFILE > 1024 ? "worker_rlimit_nofile $NOFILE;" : '';
+    my $mport = $t->mock_port;
+    my $load = join '', map { "load_module $_;\n" } @LUA_MODULES;
+    return <<"EOF";
+$load
+daemon off;
+master_process on;
+worker_processes $workers;
+$rlimit
+pid $tmp/nginx.pid;
+error_log $tmp/error.log notice;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $tmp/body;
+    proxy_temp_path $tmp/proxy;
+    fastcgi_temp_path $tmp/fastcgi;
+    uwsgi_temp_path $tmp/uwsgi;
+    scgi_temp_path $tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_buffer_size 16k;
+
+    lua_package_path "$BENCH_DIR/?.lua;;";
+    init_worker_by_lua_block {
+        require("lua_batcher").configure("127.0.0.1", $mport, "test-token")
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT%% backlog=8192;
+
+        location = /hook-job {
+            content_by_lua_block { require("lua_batcher").handle() }
+        }
+    }
+}
+EOF
+}
+
+sub lua_start {
+    my (%o) = @_;
+    for (@LUA_MODULES) {
+        die "$_ missing: sh t/install.sh libnginx-mod-http-lua\n" unless -f $_;
+    }
+    my $t = env_start(%o, start => 0);
+    $t->run(raw => lua_conf($t, %o));
+    return $t;
+}
+
+# the answer counts of t/bench/webhook_jobs.lua in a wrk result
+sub answers {
+    my ($w) = @_;
+    my ($a, $q, $o) = $w->{raw} =~ /BENCH_ANSWERS accepted (\d+) queued (\d+) other (\d+)/;
+    return defined $a ? { accepted => $a, queued => $q, other => $o } : undef;
+}
+
+sub answers_str {
+    my ($w) = @_;
+    my $a = answers($w) or return 'answer counts n/a';
+    return "$a->{accepted} with a job ID, $a->{queued} queued (no job ID), $a->{other} other";
+}
+
+# the sockets each worker holds: { pid => n }
+sub sockets_of {
+    my ($t) = @_;
+    my %n;
+    for my $pid (workers_of($t)) {
+        opendir(my $dh, "/proc/$pid/fd") or next;
+        $n{$pid} = grep { (readlink("/proc/$pid/fd/$_") // '') =~ /^socket:/ } readdir $dh;
+        closedir $dh;
+    }
+    return \%n;
+}
+
+# "a/b": the sockets each worker holds now less $before (sockets_of)
+sub spread_since {
+    my ($t, $before) = @_;
+    my $now = sockets_of($t);
+    return join '/', map { ($now->{$_} // 0) - ($before->{$_} // 0) } sort { $a <=> $b } keys %$now;
+}
+
+sub closed_run {
+    my ($t, $seconds, $conns) = @_;
+    my $m0 = $t->mock_stats;
+    my $s0 = $t->{bench_idle_sockets} // sockets_of($t);
+    my $h = wrk_start(t => $t, path => '/hook-job', script => "$BENCH_DIR/webhook_jobs.lua",
+                      lua => [ 'fresh', fresh_prefix() ], seconds => $seconds,
+                      conns => $conns, threads => 2, timeout => 10);
+    # how the kernel spread wrk's connections over the workers: sockets
+    # now less sockets before (the API connections may add one or two)
+    Time::HiRes::sleep($seconds > 2 ? 1 : $seconds / 2);
+    my $spread = spread_since($t, $s0);
+    my $w = wrk_wait($h);
+    die "wrk failed:\n$w->{raw}\n" unless defined $w->{rps};
+    my $a = answers($w) or die "no BENCH_ANSWERS line from wrk:\n$w->{raw}\n";
+    my ($acc, $q, $o) = @$a{qw(accepted queued other)};
+    my ($secs) = $w->{raw} =~ /\d+ requests in ([\d.]+)s/;
+    $secs ||= $seconds;
+    my $m1 = $t->mock_stats;
+    my $r429 = ($m1->{status_counts}{429} // 0) - ($m0->{status_counts}{429} // 0);
+    return { %$w, accepted => $acc, queued => $q, other => $o, jobs_per_s => $acc / $secs,
+             calls => $m1->{requests} - $m0->{requests}, r429 => $r429, secs => $secs,
+             spread => $spread };
+}
+
+# 8. closed loop: the module vs a lua-nginx-module batcher
+sub bench_closed {
+    my @wps = (2);
+    push @wps, 1 if $CLOSED_WP1;
+    for my $wp (@wps) {
+        my $pairs = $wp == 2 ? $CLOSED_PAIRS : 1;
+        say_progress("8. closed loop: wrk -c$CLOSED_C -d${CLOSED_S}s fresh IDs, wait job, worker_processes $wp, "
+                     . "default config vs lua batcher, $pairs x");
+        my ($tm, $tl);
+        my $ok = eval {
+            $tm = env_start(workers => $wp, mock => [ '--limit', 60, '--window', 3 ], defaults => 1);
+            $tl = lua_start(workers => $wp, mock => [ '--limit', 60, '--window', 3 ]);
+            # warm-up: connections to the mock, the first calls
+            closed_run($_, 2, $CLOSED_C) for $tm, $tl;
+            Time::HiRes::sleep(3);
+            $_->{bench_idle_sockets} = sockets_of($_) for $tm, $tl;
+            my (@mod, @lua);
+            for my $i (1 .. $pairs) {
+                for my $which ($i % 2 ? ('module', 'lua') : ('lua', 'module')) {
+                    my $r = closed_run($which eq 'module' ? $tm : $tl, $CLOSED_S, $CLOSED_C);
+                    say_progress(sprintf '   %-6s %7.1f webhooks/s with a job ID (%d accepted, %d queued, %d other; p50 %s ms, p99 %s ms, socket errors %d); %d API calls (%.1f/s), %d x 429; connections per worker %s',
+                                 $which, $r->{jobs_per_s}, $r->{accepted}, $r->{queued}, $r->{other},
+                                 fmt($r->{p50}, 1), fmt($r->{p99}, 1), $r->{errors}, $r->{calls},
+                                 $r->{calls} / $r->{secs}, $r->{r429}, $r->{spread});
+                    push @{ $which eq 'module' ? \@mod : \@lua }, $r;
+                }
+            }
+            my $m = median(map { $_->{jobs_per_s} } @mod);
+            my $l = median(map { $_->{jobs_per_s} } @lua);
+            my @ratios = map { $mod[$_]{jobs_per_s} / ($lua[$_]{jobs_per_s} || 1) } 0 .. $#mod;
+            my $ratio = median(@ratios);
+            my $bad = 0;
+            $bad += $_->{other} + $_->{errors} for @mod;
+            row(n => 8, name => "Closed loop: webhooks/s answered with a job ID, wrk -c$CLOSED_C, default config, worker_processes $wp, vs a lua-nginx-module batcher (200 ms window)",
+                value => fmt($m, 1) . '/s', baseline => fmt($l, 1) . '/s',
+                ratio => sprintf('%.2f', $ratio), target => '>= 3.00', result => pass($ratio >= 3 && !$bad));
+            push @NOTES, sprintf('8 (worker_processes %d): %d pair(s) of wrk -t2 -c%d -d%ds runs (fresh IDs, t/bench/webhook_jobs.lua '
+                . 'counts the 202 answers that carry a job ID), module and baseline back to back in alternating order, each '
+                . 'nginx with its own mock at 60 calls / 3 s; ratios per pair: %s; module webhooks/s per run: %s, wrk '
+                . 'connections per worker (sockets during the run less before): %s; module: p50 %s ms, p99 %s ms, %s API calls/s, '
+                . '%d x 429, answers without job ID %d, other %d, socket errors %d; lua batcher (t/bench/lua_batcher.lua): '
+                . 'p50 %s ms, p99 %s ms, %s API calls/s, %d x 429, without job ID %d, other %d.',
+                $wp, $pairs, $CLOSED_C, $CLOSED_S, join(', ', map { sprintf '%.2f', $_ } @ratios),
+                join(', ', map { fmt($_->{jobs_per_s}, 1) } @mod), join(', ', map { $_->{spread} } @mod),
+                fmt(median(map { $_->{p50} } @mod), 1), fmt(median(map { $_->{p99} } @mod), 1),
+                fmt(median(map { $_->{calls} / $_->{secs} } @mod), 1), sum(map { $_->{r429} } @mod),
+                sum(map { $_->{queued} } @mod), sum(map { $_->{other} } @mod), sum(map { $_->{errors} } @mod),
+                fmt(median(map { $_->{p50} } @lua), 1), fmt(median(map { $_->{p99} } @lua), 1),
+                fmt(median(map { $_->{calls} / $_->{secs} } @lua), 1), sum(map { $_->{r429} } @lua),
+                sum(map { $_->{queued} } @lua), sum(map { $_->{other} } @lua));
+            1;
+        };
+        my $err = $@;
+        env_stop($tm, fast => 1) if $tm;
+        env_stop($tl, fast => 1) if $tl;
+        die $err unless $ok;
+    }
+}
+
+# records published per second from the mock's log: distinct IDs of the
+# calls answered 202 between $from and $to, and the calls of the whole run
+sub flood_count {
+    my ($log, $from, $to, @prefixes) = @_;
+    my (%ids, %by);
+    my %c = (pub => 0, poll => 0, r429 => 0, all => 0, pub_all => 0, poll_all => 0, small => 0);
+    for my $r (@$log) {
+        $c{all}++;
+        $c{r429}++ if $r->{status} == 429;
+        my $pub = $r->{path} =~ m{^/items/bulk/publish};
+        $c{pub_all}++ if $pub;
+        $c{poll_all}++ if $r->{path} =~ m{^/job-results/};
+        next unless $r->{t} >= $from && $r->{t} < $to;
+        if ($pub) {
+            $c{pub}++;
+            next unless $r->{status} == 202;
+            $ids{$_} = 1 for @{ $r->{ids} };
+            $c{small}++ if @{ $r->{ids} } < 100;
+        } elsif ($r->{path} =~ m{^/job-results/}) {
+            $c{poll}++;
+        }
+    }
+    for my $id (keys %ids) {
+        for my $p (@prefixes) { if (index($id, $p) == 0) { $by{$p}++; last } }
+    }
+    my $span = $to - $from;
+    return { %c, records => scalar(keys %ids), rate => keys(%ids) / $span, span => $span,
+             by => \%by, fill => $c{pub} ? keys(%ids) / $c{pub} : 0 };
+}
+
+sub status_str {
+    my ($st) = @_;
+    return join(',', map { "$_:$st->{status_counts}{$_}" } sort keys %{ $st->{status_counts} });
+}
+
+# 9. floods with the module's default configuration
+sub bench_flood_default {
+    my (%o) = @_;
+    my $limit = $o{limit};
+    my $ceiling = $limit / 3 * 200;
+    my $allowed = $o{per_minute} ? ceil($FLOOD_S / 60) * $o{per_minute} : 0;
+    say_progress(sprintf '9. flood, default config (no dato_* directive): mock at %d calls / 3 s, wrk -c%d %ds, fresh IDs, wait job',
+                 $limit, $FLOOD_C, $FLOOD_S);
+    my $t = env_start(mock => [ '--limit', $limit, '--window', 3 ], defaults => 1,
+                      worker_connections => ($FLOOD_C + 1024 > 4096 ? $FLOOD_C + 1024 : 4096));
+    my $prefix = fresh_prefix();
+    my $s0 = sockets_of($t);
+    my $h = wrk_start(t => $t, path => '/hook-job', lua => [ 'fresh', $prefix ],
+                      script => "$BENCH_DIR/webhook_jobs.lua",
+                      seconds => $FLOOD_S, conns => $FLOOD_C, threads => 2, timeout => 10);
+    Time::HiRes::sleep(2);
+    my $spread = spread_since($t, $s0);
+    my $w = wrk_wait($h);
+    die "wrk failed:\n$w->{raw}\n" unless defined $w->{rps};
+    Time::HiRes::sleep(1);
+    my $st = $t->mock_stats;
+    my @log = mock_log($t);
+    env_stop($t, fast => 1);
+
+    my $c = flood_count(\@log, $w->{t0} + 3, $w->{t0} + $FLOOD_S);
+    my $target = 0.95 * $ceiling;
+    my $r429 = $st->{status_counts}{429} // 0;
+    row(n => 9, name => "Flood, default config: records/s published, mock at $limit calls / 3 s",
+        value => fmt($c->{rate}) . '/s', baseline => fmt($ceiling) . '/s (limit x 200)',
+        ratio => sprintf('%.3f', $c->{rate} / $ceiling), target => '>= ' . fmt($target) . '/s (0.95)',
+        result => pass($c->{rate} >= $target));
+    row(n => 9, name => "Flood, default config: 429s at the mock, mock at $limit calls / 3 s, ${FLOOD_S} s flood",
+        value => $r429, baseline => '-', ratio => '-',
+        target => $o{per_minute} ? "<= $allowed (1 per minute)" : '0', result => pass($r429 <= $allowed));
+    push @NOTES, sprintf('9 (mock %d / 3 s): no dato_* directive but dato_api_url and dato_api_token; %.1f s window from 3 s '
+        . 'after the start; %d publish calls (%.1f records each, %d of them with < 100, %.2f calls/s), %d job polls (%.2f/s); '
+        . 'wrk connections per worker %s; webhooks answered '
+        . '%s/s by nginx (wrk: %s), p50 %s ms, p99 %s ms, non-2xx %d, socket errors %d; mock total: %d requests, '
+        . '%d publish calls, %d job polls, %d records published, statuses %s.',
+        $limit, $c->{span}, $c->{pub}, $c->{fill}, $c->{small}, $c->{pub} / $c->{span}, $c->{poll}, $c->{poll} / $c->{span},
+        $spread, fmt($w->{rps}), answers_str($w), fmt($w->{p50}), fmt($w->{p99}), $w->{non2xx}, $w->{errors},
+        $st->{requests}, $c->{pub_all}, $c->{poll_all}, $st->{unique_published_ids} // 0, status_str($st));
+}
+
+# 10. two nginx instances, one token, one API
+sub bench_two {
+    my $limit = 60;
+    my $ceiling = $limit / 3 * 200;
+    # each instance takes the flood one instance takes in row 9
+    my $conns = $FLOOD_C;
+    say_progress("10. two instances: two nginx (default config, same token), one mock at $limit / 3 s, "
+                 . "each flooded as in 9, wrk -c$conns ${FLOOD_S}s at once");
+    my $wc = $conns + 1024 > 4096 ? $conns + 1024 : 4096;
+    my ($t1, $t2);
+    my $ok = eval {
+        $t1 = env_start(mock => [ '--limit', $limit, '--window', 3 ], defaults => 1, worker_connections => $wc);
+        $t2 = env_start(mock_url => $t1->mock_url, defaults => 1, worker_connections => $wc);
+        my ($p1, $p2) = (fresh_prefix(), fresh_prefix());
+        my ($s1, $s2) = (sockets_of($t1), sockets_of($t2));
+        my $h1 = wrk_start(t => $t1, path => '/hook-job', lua => [ 'fresh', $p1 ],
+                           script => "$BENCH_DIR/webhook_jobs.lua",
+                           seconds => $FLOOD_S, conns => $conns, threads => 1, timeout => 10);
+        my $h2 = wrk_start(t => $t2, path => '/hook-job', lua => [ 'fresh', $p2 ],
+                           script => "$BENCH_DIR/webhook_jobs.lua",
+                           seconds => $FLOOD_S, conns => $conns, threads => 1, timeout => 10);
+        Time::HiRes::sleep(2);
+        my $spread = spread_since($t1, $s1) . ' and ' . spread_since($t2, $s2);
+        my $w1 = wrk_wait($h1);
+        my $w2 = wrk_wait($h2);
+        die "wrk failed:\n$w1->{raw}\n$w2->{raw}\n" unless defined $w1->{rps} && defined $w2->{rps};
+        Time::HiRes::sleep(1);
+        my $st = $t1->mock_stats;
+        my @log = mock_log($t1);
+        my $t0 = $w1->{t0} > $w2->{t0} ? $w1->{t0} : $w2->{t0};
+        my $c = flood_count(\@log, $t0 + 3, $t0 + $FLOOD_S, $p1, $p2);
+        my $r429 = $st->{status_counts}{429} // 0;
+        my $share = $st->{requests} ? $r429 / $st->{requests} : 0;
+        row(n => 10, name => 'Two instances (same token, default config): records/s published together, mock at 60 calls / 3 s',
+            value => fmt($c->{rate}) . '/s', baseline => fmt($ceiling) . '/s (limit x 200)',
+            ratio => sprintf('%.3f', $c->{rate} / $ceiling), target => '>= ' . fmt(0.9 * $ceiling) . '/s (0.90)',
+            result => pass($c->{rate} >= 0.9 * $ceiling));
+        row(n => 10, name => 'Two instances: 429s at the mock / API calls',
+            value => "$r429 / $st->{requests}", baseline => '-', ratio => sprintf('%.2f %%', 100 * $share),
+            target => '<= 1 %', result => pass($share <= 0.01));
+        push @NOTES, sprintf('10: two nginx (2 workers each, separate shared zones), both dato_api_url of one mock; '
+            . '%.1f s window; records/s by instance: %s / %s; %d publish calls (%.1f records each, %d of them with < 100), '
+            . '%d job polls; wrk connections per worker %s; '
+            . 'webhooks answered %s/s and %s/s (wrk -t1 -c%d each; %s / %s), socket errors %d / %d; '
+            . 'mock total: %d requests, %d publish calls, %d job polls, %d records published, statuses %s.',
+            $c->{span}, fmt(($c->{by}{$p1} // 0) / $c->{span}), fmt(($c->{by}{$p2} // 0) / $c->{span}),
+            $c->{pub}, $c->{fill}, $c->{small}, $c->{poll}, $spread, fmt($w1->{rps}), fmt($w2->{rps}), $conns,
+            answers_str($w1), answers_str($w2), $w1->{errors}, $w2->{errors}, $st->{requests},
+            $c->{pub_all}, $c->{poll_all}, $st->{unique_published_ids} // 0, status_str($st));
+        1;
+    };
+    my $err = $@;
+    env_stop($t2, fast => 1) if $t2;
+    env_stop($t1, fast => 1) if $t1;
+    die $err unless $ok;
+}
+
+###########################################################################
 # main
 
 sub machine {
@@ -1048,6 +1531,13 @@ my @plan = (
     [ 4 => \&bench_calls ],
     [ 5 => \&bench_loop ],
     [ 6 => \&bench_memory ],
+    [ 7 => \&bench_lone ],
+    [ 8 => \&bench_closed ],
+    [ 9 => sub {
+        bench_flood_default(limit => 60);
+        bench_flood_default(limit => 30, per_minute => 1);
+      } ],
+    [ 10 => \&bench_two ],
 );
 
 my $failed_runs = 0;

@@ -51,6 +51,10 @@ package DatoTest;
 #   $t->raw_read($sock, $timeout)  its answer, parsed as json_request()
 #   $t->worker_pids        the pids of the running nginx master's children
 #                          (its workers), sorted
+#   $t->mock_jobs          the mock's job table (GET /__mock/jobs): hashes
+#                          with id, ids, fail_ids, items, polls, seen,
+#                          failed, successful, status, code (added for
+#                          t/17-refused.t)
 #
 # Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
 # nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
@@ -652,6 +656,13 @@ sub mock_reset {
     my ($self) = @_;
     $self->_mock_call('POST', '/__mock/reset', {});
     return 1;
+}
+
+sub mock_jobs {
+    my ($self) = @_;
+    my $r = $self->_mock_call('GET', '/__mock/jobs');
+    my $d = _decode_or_die($r->{body}, 'mock jobs');
+    return ref $d eq 'ARRAY' ? @$d : ();
 }
 
 sub mock_stats {

@@ -78,9 +78,14 @@
 #    10. id not a valid record id (decimal 1..15 digits, no leading zero,
 #        <= 281474976710655; or 22 chars [A-Za-z0-9_-] ending in A/Q/g/w)
 #                                                    -> 422 INVALID_FIELD
-#    11. 202, "Content-Type: application/json; charset=utf-8",
+#    11. an id listed in "refuse_ids" (POST /__mock/config): the first
+#        such id in call order answers with its status and a DatoCMS
+#        error body (code, details as configured); no job is created
+#    12. 202, "Content-Type: application/json; charset=utf-8",
 #        {"data":{"type":"job","id":"<job id>"}}; job ids are decimal
-#        strings counting up from 4235.
+#        strings counting up from 4235 (a fault "job_id" sets another).
+#        A call that names ids listed in "job_fail_ids" gets a job whose
+#        result fails them (see JOB RESULTS below).
 #
 #   GET /job-results/:id       checks 1-4 as above, then
 #     unknown id -> 404 NOT_FOUND;
@@ -92,6 +97,20 @@
 #     payload is a DatoCMS error body (code = job "code", default
 #     INVALID_FIELD for 4xx, INTERNAL_SERVER_ERROR for 5xx).
 #     polls = -1: never finishes.  Only polls that pass checks 1-4 count.
+#     The id is matched verbatim against the path (no percent-decoding).
+#
+#   JOB RESULTS (what a new job's settings come from, first that applies)
+#     polls:      fault job.polls, else config job_polls
+#     failed:     fault job.failed, else the number of "job_fail_ids" the
+#                 call named, else 0
+#     successful: fault job.successful (put in the result as given), else
+#                 max(0, items - failed)
+#     status:     fault job.status, else "job_fail_status" if the call named
+#                 some "job_fail_ids", else 200
+#     code:       fault job.code, else "job_fail_code" if the call named some
+#                 "job_fail_ids", else the default above
+#     Counts from a fault are raw: negative numbers, or more than the call
+#     carried, are answered as given (hostile job results).
 #
 #   Anything else (other path or method) -> 429 if over the limit, else
 #     404 INVALID_ENDPOINT (no header checks).
@@ -128,15 +147,24 @@
 #        close/reset do not process the request (no job).  Add
 #        "process":true to process it normally first (job created, answer
 #        lost).
-#     {"job":{"polls":3,"failed":2,"status":200,"code":"..."}}
+#     {"job":{"polls":3,"failed":2,"successful":1,"status":200,"code":"..."}}
 #                                process normally (202); the new job gets
-#                                these settings (polls -1 = never finishes)
+#                                these settings (polls -1 = never finishes;
+#                                failed and successful: any integer, even
+#                                negative, put in the result as given)
+#     {"job_id":"<string>"}      process normally; the 202 answer (and the
+#                                job table) carry this job id instead of the
+#                                next number (1..200000 characters, any;
+#                                an existing job of that id is replaced).
+#                                Combinable with "job"; not with "status".
 #
 # CONTROL ENDPOINTS (not rate-limited, not recorded, no header checks)
 #   POST /__mock/faults    see above -> {"queued":n,"pending":m,"pending_job_results":k}
 #   GET  /__mock/faults    -> {"publish":[...pending...],"job-results":[...]}
 #   POST /__mock/config    {"limit":60,"window":3,"job_polls":2,"token":"x",
-#                           "down_ms":3000,"down_mode":"refuse"|"close"}
+#                           "down_ms":3000,"down_mode":"refuse"|"close",
+#                           "refuse_ids":{...},"job_fail_ids":[...],
+#                           "job_fail_status":200,"job_fail_code":"..."}
 #                          -> effective config ("token" is the first accepted
 #                          token, "tokens" all of them).  "token" may also be
 #                          a non-empty array of strings: the tokens accepted
@@ -149,9 +177,37 @@
 #                          - down_mode "close": new connections are accepted
 #                            and closed immediately.
 #                          Control endpoints are unreachable while down too.
+#                          refuse_ids: {"<record id>":{"status":422,
+#                            "code":"UNPUBLISHED_LINK","details":{...}},...}
+#                            replaces the set ({} clears it).  Each key a
+#                            valid record id; each value an object with
+#                            only these keys, all optional: status an
+#                            integer 400..499 other than 429 (default 422),
+#                            code a string (default INVALID_FIELD), details
+#                            an object (default {"message":"refused by
+#                            dato_mock (refuse_ids)"}: it does not name the
+#                            record, as DatoCMS does not promise to).  A
+#                            publish call naming one of them is answered at
+#                            check 11 above (recorded with that status and
+#                            the call's ids, "job":null).
+#                          job_fail_ids: ["<record id>",...] replaces the
+#                            set ([] clears it); a publish call naming some
+#                            of them is accepted (202, job created) and its
+#                            job result has meta.failed = how many of them
+#                            it named, successful = the rest; or, with
+#                            job_fail_status outside 2xx, attributes.status
+#                            = that status and an error payload of code
+#                            job_fail_code (see JOB RESULTS).
+#                            job_fail_status (integer 100..599, default 200)
+#                            and job_fail_code (string) are accepted only
+#                            together with job_fail_ids, and go back to
+#                            their defaults whenever job_fail_ids is given
+#                            without them.
 #   GET  /__mock/requests  -> JSON array of all recorded API requests
-#   POST /__mock/reset     clear records, fault queues and rate-limit window
-#                          (job table and job counter are kept)
+#   POST /__mock/reset     clear records, fault queues, rate-limit window,
+#                          refuse_ids and job_fail_ids (job_fail_status and
+#                          job_fail_code back to their defaults); the job
+#                          table, job counter and other config are kept
 #   GET  /__mock/stats     -> {"requests":n,"published_ids":n,
 #                              "unique_published_ids":n,
 #                              "status_counts":{"202":n,"429":n,...},
@@ -253,7 +309,18 @@ my %cfg = (
     window    => $opt{window},
     job_polls => $opt{job_polls},
     token     => [ @{ $opt{token} } ],    # the accepted tokens
+    refuse_ids      => {},    # record id => {status, code, details}
+    job_fail_ids    => {},    # record id => 1
+    job_fail_status => 200,
+    job_fail_code   => undef,
 );
+
+sub clear_record_rules {
+    $cfg{refuse_ids}      = {};
+    $cfg{job_fail_ids}    = {};
+    $cfg{job_fail_status} = 200;
+    $cfg{job_fail_code}   = undef;
+}
 
 # ------------------------------------------------------------------ state --
 
@@ -264,6 +331,7 @@ use constant {
     MAX_ITEMS        => 200,
     MAX_RECORD_ID    => 281474976710655,
     FIRST_JOB_ID     => 4235,
+    MAX_JOB_ID_LEN   => 200000,
 };
 
 my $JSON     = JSON::PP->new->utf8->canonical->allow_nonref;   # bytes <-> data
@@ -1167,17 +1235,34 @@ sub publish_answer {
         });
     }
 
+    # --- refuse_ids: the first listed id in call order refuses the call
+    for my $i (0 .. $#$list) {
+        my $rule = $cfg{refuse_ids}{ $list->[$i]{id} } or next;
+        return api_error($rule->{status}, $rule->{code},
+                         $rule->{details} // { message => 'refused by dato_mock (refuse_ids)' });
+    }
+
     # --- success: create the job
-    my $jid = '' . $next_job++;
+    my @ids = map { as_text($_->{id}) } @$list;
+    my @fail = grep { $cfg{job_fail_ids}{$_} } @ids;
     my $js = ref $fault->{job} eq 'HASH' ? $fault->{job} : {};
+    my $jid;
+    if (defined $fault->{job_id}) {
+        $jid = '' . $fault->{job_id};
+    } else {
+        $jid = '' . $next_job++;
+    }
     $jobs{$jid} = {
         id      => $jid,
         items   => $n,
-        ids     => [ map { as_text($_->{id}) } @$list ],
+        ids     => \@ids,
+        fail_ids => \@fail,
         polls   => defined $js->{polls} ? int($js->{polls}) : $cfg{job_polls} + 0,
-        failed  => defined $js->{failed} ? int($js->{failed}) : 0,
-        status  => defined $js->{status} ? int($js->{status}) : 200,
-        code    => $js->{code},
+        failed  => defined $js->{failed} ? int($js->{failed}) : scalar(@fail),
+        successful => defined $js->{successful} ? int($js->{successful}) : undef,
+        status  => defined $js->{status} ? int($js->{status})
+                 : @fail ? $cfg{job_fail_status} + 0 : 200,
+        code    => defined $js->{code} ? $js->{code} : @fail ? $cfg{job_fail_code} : undef,
         seen    => 0,
         created => $req->{t} + 0,
         env     => defined $h->{'x-environment'} ? as_text($h->{'x-environment'}) : undef,
@@ -1204,6 +1289,7 @@ sub jobres_answer {
     if ($st >= 200 && $st <= 299) {
         my $succ = $job->{items} - $job->{failed};
         $succ = 0 if $succ < 0;
+        $succ = $job->{successful} if defined $job->{successful};
         $payload = { data => [], meta => { successful => $succ + 0, failed => $job->{failed} + 0 } };
     } else {
         $payload = error_doc($job->{code} // ($st >= 500 ? 'INTERNAL_SERVER_ERROR' : 'INVALID_FIELD'),
@@ -1230,8 +1316,9 @@ sub ctl_bad {
     ctl_json($c, $req, $status, { error => $msg });
 }
 
-my %FAULT_KEYS = map { $_ => 1 } qw(status reset rst html code transient details delay_ms close process job on);
-my %JOB_KEYS   = map { $_ => 1 } qw(polls failed status code);
+my %FAULT_KEYS = map { $_ => 1 } qw(status reset rst html code transient details delay_ms close process job job_id on);
+my %JOB_KEYS   = map { $_ => 1 } qw(polls failed successful status code);
+my %REFUSE_KEYS = map { $_ => 1 } qw(status code details);
 
 sub validate_fault {
     my ($f, $i) = @_;
@@ -1248,7 +1335,7 @@ sub validate_fault {
             unless is_json_int($f->{status}) && $f->{status} >= 400 && $f->{status} <= 599;
         return "$p: with status, reset must be a number of seconds >= 0"
             if defined $f->{reset} && !(is_json_number($f->{reset}) && $f->{reset} >= 0);
-        for my $k (qw(close rst job process)) {
+        for my $k (qw(close rst job job_id process)) {
             return "$p: \"$k\" cannot be combined with \"status\"" if exists $f->{$k};
         }
     } else {
@@ -1279,13 +1366,85 @@ sub validate_fault {
         }
         return "$p: job.polls must be an integer >= -1"
             if exists $j->{polls} && !(is_json_int($j->{polls}) && $j->{polls} >= -1);
-        return "$p: job.failed must be an integer >= 0"
-            if exists $j->{failed} && !(is_json_int($j->{failed}) && $j->{failed} >= 0);
+        for my $k (qw(failed successful)) {
+            return "$p: job.$k must be an integer"
+                if exists $j->{$k} && !is_json_int($j->{$k});
+        }
         return "$p: job.status must be an integer 100..599"
             if exists $j->{status} && !(is_json_int($j->{status}) && $j->{status} >= 100 && $j->{status} <= 599);
         return "$p: job.code must be a string" if exists $j->{code} && !is_json_string($j->{code});
     }
+    if (exists $f->{job_id}) {
+        return "$p: \"job_id\" is only valid for publish faults" if $on ne 'publish';
+        return "$p: job_id must be a string of 1.." . MAX_JOB_ID_LEN . ' characters'
+            unless is_json_string($f->{job_id}) && length($f->{job_id}) >= 1
+                && length($f->{job_id}) <= MAX_JOB_ID_LEN;
+    }
     return undef;
+}
+
+# POST /__mock/config "refuse_ids" and "job_fail_*": an error message or undef
+sub validate_record_rules {
+    my ($doc) = @_;
+    if (exists $doc->{refuse_ids}) {
+        my $r = $doc->{refuse_ids};
+        return 'refuse_ids must be an object {"<record id>":{...},...}' unless ref $r eq 'HASH';
+        for my $id (sort keys %$r) {
+            my $q = 'refuse_ids["' . as_text($id) . '"]';
+            return "$q: not a valid record id" unless valid_record_id($id);
+            my $e = $r->{$id};
+            return "$q: expected an object" unless ref $e eq 'HASH';
+            for my $k (sort keys %$e) {
+                return "$q: unknown key \"" . as_text($k) . '"' unless $REFUSE_KEYS{$k};
+            }
+            return "$q: status must be an integer 400..499 other than 429"
+                if exists $e->{status} && !(is_json_int($e->{status}) && $e->{status} >= 400
+                                            && $e->{status} <= 499 && $e->{status} != 429);
+            return "$q: code must be a string"
+                if exists $e->{code} && !is_json_string($e->{code});
+            return "$q: details must be an object"
+                if exists $e->{details} && ref $e->{details} ne 'HASH';
+        }
+    }
+    for my $k (qw(job_fail_status job_fail_code)) {
+        return "$k needs job_fail_ids in the same call"
+            if exists $doc->{$k} && !exists $doc->{job_fail_ids};
+    }
+    if (exists $doc->{job_fail_ids}) {
+        my $l = $doc->{job_fail_ids};
+        return 'job_fail_ids must be an array of record ids' unless ref $l eq 'ARRAY';
+        for my $i (0 .. $#$l) {
+            return "job_fail_ids[$i]: not a valid record id"
+                unless is_json_string($l->[$i]) && valid_record_id($l->[$i]);
+        }
+        return 'job_fail_status must be an integer 100..599'
+            if exists $doc->{job_fail_status}
+                && !(is_json_int($doc->{job_fail_status}) && $doc->{job_fail_status} >= 100
+                     && $doc->{job_fail_status} <= 599);
+        return 'job_fail_code must be a string'
+            if exists $doc->{job_fail_code} && !is_json_string($doc->{job_fail_code});
+    }
+    return undef;
+}
+
+sub apply_record_rules {
+    my ($doc) = @_;
+    if (exists $doc->{refuse_ids}) {
+        my %r;
+        while (my ($id, $e) = each %{ $doc->{refuse_ids} }) {
+            $r{$id} = {
+                status  => defined $e->{status} ? int($e->{status}) : 422,
+                code    => defined $e->{code} ? '' . $e->{code} : 'INVALID_FIELD',
+                (defined $e->{details} ? (details => $e->{details}) : ()),
+            };
+        }
+        $cfg{refuse_ids} = \%r;
+    }
+    if (exists $doc->{job_fail_ids}) {
+        $cfg{job_fail_ids}    = { map { ('' . $_ => 1) } @{ $doc->{job_fail_ids} } };
+        $cfg{job_fail_status} = defined $doc->{job_fail_status} ? int($doc->{job_fail_status}) : 200;
+        $cfg{job_fail_code}   = defined $doc->{job_fail_code} ? '' . $doc->{job_fail_code} : undef;
+    }
 }
 
 sub config_doc {
@@ -1298,6 +1457,10 @@ sub config_doc {
         port      => $bound_port + 0,
         down_ms   => ($down_until > now() ? int(($down_until - now()) * 1000) : 0),
         down_mode => $down_mode,
+        refuse_ids      => $cfg{refuse_ids},
+        job_fail_ids    => [ sort keys %{ $cfg{job_fail_ids} } ],
+        job_fail_status => $cfg{job_fail_status} + 0,
+        job_fail_code   => $cfg{job_fail_code},
     };
 }
 
@@ -1328,7 +1491,8 @@ sub control_request {
         my ($ok, $doc) = try_decode_json($req->{body});
         return ctl_bad($c, $req, 400, 'body is not valid JSON') unless $ok;
         return ctl_bad($c, $req, 400, 'expected a JSON object') unless ref $doc eq 'HASH';
-        my %known = map { $_ => 1 } qw(limit window job_polls token down_ms down_mode);
+        my %known = map { $_ => 1 } qw(limit window job_polls token down_ms down_mode
+                                       refuse_ids job_fail_ids job_fail_status job_fail_code);
         for my $k (sort keys %$doc) {
             return ctl_bad($c, $req, 400, "unknown config key \"$k\"") unless $known{$k};
         }
@@ -1346,6 +1510,9 @@ sub control_request {
             if exists $doc->{down_ms} && !(is_json_number($doc->{down_ms}) && $doc->{down_ms} >= 0 && $doc->{down_ms} <= 600000);
         return ctl_bad($c, $req, 400, 'down_mode must be "refuse" or "close"')
             if exists $doc->{down_mode} && !(is_json_string($doc->{down_mode}) && $doc->{down_mode} =~ /^(?:refuse|close)\z/);
+        my $rerr = validate_record_rules($doc);
+        return ctl_bad($c, $req, 400, $rerr) if $rerr;
+        apply_record_rules($doc);
         $cfg{limit}     = 0 + $doc->{limit}     if exists $doc->{limit};
         $cfg{window}    = 0 + $doc->{window}    if exists $doc->{window};
         $cfg{job_polls} = 0 + $doc->{job_polls} if exists $doc->{job_polls};
@@ -1369,6 +1536,7 @@ sub control_request {
         @faults_publish = ();
         @faults_jobres  = ();
         @rl_times       = ();
+        clear_record_rules();
         return ctl_json($c, $req, 200, { ok => JSON::PP::true, next_job => "$next_job" });
     }
     if ($p eq '/__mock/stats' && $m eq 'GET') {
@@ -1392,7 +1560,11 @@ sub control_request {
         });
     }
     if ($p eq '/__mock/jobs' && $m eq 'GET') {
-        return ctl_json($c, $req, 200, [ map { $jobs{$_} } sort { $a <=> $b } keys %jobs ]);
+        # numbered jobs in order, then those of a fault "job_id" by name
+        my @k = sort { (($a =~ /^\d{1,15}\z/) ? 0 : 1) <=> (($b =~ /^\d{1,15}\z/) ? 0 : 1)
+                       || (($a =~ /^\d{1,15}\z/ && $b =~ /^\d{1,15}\z/) ? $a <=> $b : $a cmp $b) }
+                keys %jobs;
+        return ctl_json($c, $req, 200, [ map { $jobs{$_} } @k ]);
     }
     return ctl_bad($c, $req, 404, "unknown control endpoint $m $p");
 }
