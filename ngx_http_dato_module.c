@@ -46,7 +46,7 @@ static void ngx_http_dato_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_conf_num_bounds_t  ngx_http_dato_batch_size_bounds = {
-    ngx_conf_check_num_bounds, 1, 200
+    ngx_conf_check_num_bounds, 1, NGX_HTTP_DATO_BATCH_MAX
 };
 
 
@@ -302,6 +302,13 @@ ngx_http_dato_create_main_conf(ngx_conf_t *cf)
     dmcf->queue_size = NGX_CONF_UNSET_UINT;
     dmcf->zone_size = NGX_CONF_UNSET_SIZE;
 
+    if (ngx_array_init(&dmcf->targets, cf->pool, 4,
+                       sizeof(ngx_http_dato_target_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return dmcf;
 }
 
@@ -383,7 +390,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     char                       *rv;
     uint32_t                    key;
     ngx_file_info_t             fi;
-    ngx_http_dato_target_t     *target;
+    ngx_http_dato_target_t     *target, **tp;
     ngx_http_dato_main_conf_t  *dmcf;
 
     ngx_conf_merge_str_value(conf->api_url, prev->api_url,
@@ -498,6 +505,15 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     {
         return NGX_CONF_ERROR;
     }
+
+    target->key = key;
+
+    tp = ngx_array_push(&dmcf->targets);
+    if (tp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *tp = target;
 
     target->rate.zone = dmcf->zone;
     target->rate.cap = conf->rate_limit;
@@ -821,7 +837,7 @@ ngx_http_dato_init_process(ngx_cycle_t *cycle)
 
     dmcf->batcher = ngx_http_dato_batcher_create(cycle->log,
                                                  dmcf->queue_size,
-                                                 dmcf->zone);
+                                                 dmcf->zone, &dmcf->targets);
     if (dmcf->batcher == NULL) {
         return NGX_ERROR;
     }

@@ -40,6 +40,9 @@ typedef struct {
     ngx_flag_t                    status;
     ngx_shm_zone_t               *zone;
 
+    /* ngx_http_dato_target_t *: every dato_publish location's */
+    ngx_array_t                   targets;
+
     /* per worker, made in init_process */
     ngx_http_dato_batcher_t      *batcher;
 } ngx_http_dato_main_conf_t;

@@ -25,6 +25,10 @@
 #define ngx_http_dato_link_has(link, i)                                       \
     ((link)->records[(i) >> 6] & ((uint64_t) 1 << ((i) & 63)))
 
+/* how often a worker looks for the batches of workers that died */
+#define NGX_HTTP_DATO_ADOPT_EVERY   1000
+#define NGX_HTTP_DATO_ADOPT_MAX     16
+
 /* the most jobs a worker follows at once; past it jobs are not followed */
 #define NGX_HTTP_DATO_JOBS_MAX      1000
 
@@ -53,7 +57,23 @@ typedef struct {
 } ngx_http_dato_link_t;
 
 
+/*
+ * A batch lives in the shared zone, not in the worker's heap: while it
+ * holds records that were answered 2xx and that DatoCMS has not accepted
+ * (queued), it is in the zone's journal, where another worker finds it
+ * when its own dies (a crash, the OOM killer, kill -9).  Only its owner
+ * touches it otherwise; the fields another worker reads are "owner",
+ * "key", "env", "nids" and "ids".
+ */
+
 struct ngx_http_dato_batch_s {
+    /* in the zone's journal while queued */
+    ngx_queue_t                   journal;
+    ngx_pid_t                     owner;
+
+    /* the target's token and URL, by which an heir finds its own target */
+    uint32_t                      key;
+
     /* in target->open while the batch fills */
     ngx_queue_t                   queue;
 
@@ -93,6 +113,7 @@ struct ngx_http_dato_batch_s {
     ngx_str_t                     fail_code;
 
     unsigned                      queued:1;
+    unsigned                      journaled:1;
     unsigned                      finished:1;
     unsigned                      polling:1;
     unsigned                      in_line:1;
@@ -114,6 +135,14 @@ struct ngx_http_dato_batcher_s {
     ngx_shm_zone_t               *zone;
 
     ngx_queue_t                   batches;
+
+    /* ngx_http_dato_target_t *: where the batches of dead workers go */
+    ngx_array_t                  *targets;
+
+    /* looks for them */
+    ngx_event_t                   adopt;
+    ngx_msec_t                    full_logged;
+
     ngx_uint_t                    queued;
     ngx_uint_t                    queue_size;
     ngx_uint_t                    jobs;
@@ -177,6 +206,15 @@ static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
 static void ngx_http_dato_batch_tell_refused(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch,
     ngx_uint_t level, u_char *what, size_t len);
+static ngx_int_t ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env,
+    ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w);
+static void ngx_http_dato_batch_journal(ngx_http_dato_batch_t *batch,
+    ngx_uint_t on);
+static void ngx_http_dato_batch_adopt(ngx_event_t *ev);
+static ngx_uint_t ngx_http_dato_batch_orphan(ngx_queue_t *q);
+static void ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_batch_t *orphan);
 static void ngx_http_dato_batch_watch(ngx_event_t *ev);
 static void ngx_http_dato_batch_hurry(ngx_http_dato_batcher_t *b);
 static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
@@ -185,7 +223,7 @@ static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
 
 ngx_http_dato_batcher_t *
 ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
-    ngx_shm_zone_t *zone)
+    ngx_shm_zone_t *zone, ngx_array_t *targets)
 {
     ngx_connection_t         *c;
     ngx_http_dato_batcher_t  *b;
@@ -197,6 +235,7 @@ ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
 
     b->log = log;
     b->zone = zone;
+    b->targets = targets;
     b->queue_size = queue_size;
     b->dummy.fd = (ngx_socket_t) -1;
 
@@ -232,6 +271,15 @@ ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
 
     b->watcher = c;
 
+    /* the first look at once: a worker respawned after a crash inherits */
+
+    b->adopt.handler = ngx_http_dato_batch_adopt;
+    b->adopt.data = &b->dummy;
+    b->adopt.log = log;
+    b->adopt.cancelable = 1;
+
+    ngx_http_dato_batch_adopt(&b->adopt);
+
     return b;
 }
 
@@ -242,6 +290,10 @@ ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b)
     b->exiting = 1;
 
     ngx_http_dato_batch_abort(b, "the worker process is exiting");
+
+    if (b->adopt.timer_set) {
+        ngx_del_timer(&b->adopt);
+    }
 
     b->watcher->fd = (ngx_socket_t) -1;
     ngx_free_connection(b->watcher);
@@ -258,10 +310,7 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w,
     ngx_log_t *log)
 {
-    ngx_uint_t              i, j;
-    ngx_http_dato_id_t     *id;
-    ngx_http_dato_link_t   *link, **lp;
-    ngx_http_dato_batch_t  *batch;
+    ngx_int_t  rc;
 
     if (b->aborted) {
         return NGX_DECLINED;
@@ -273,6 +322,30 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
         return NGX_BUSY;
     }
 
+    rc = ngx_http_dato_batch_put(b, target, env, ids, n, w);
+
+    if (rc == NGX_OK && w) {
+        w->armed = 1;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "dato: queued %ui records, %ui in this worker",
+                   n, b->queued);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_target_t *target, ngx_str_t *env,
+    ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w)
+{
+    ngx_uint_t              i, j;
+    ngx_http_dato_id_t     *id;
+    ngx_http_dato_link_t   *link, **lp;
+    ngx_http_dato_batch_t  *batch;
+
     batch = NULL;
     link = NULL;
 
@@ -281,7 +354,9 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
         if (batch == NULL) {
             batch = ngx_http_dato_batch_open(b, target, env);
             if (batch == NULL) {
-                return NGX_ERROR;
+
+                /* the zone is full: refused like a full queue, retried */
+                return NGX_BUSY;
             }
         }
 
@@ -295,10 +370,14 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
         }
 
         if (j == batch->nids) {
-            id = &batch->ids[batch->nids++];
+
+            /* counted once written: an heir may read it at any time */
+
+            id = &batch->ids[batch->nids];
             ngx_memcpy(id->data, ids[i].data, ids[i].len);
             id->data[ids[i].len] = '\0';
             id->len = (u_char) ids[i].len;
+            batch->nids++;
             b->queued++;
             ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED, 1);
         }
@@ -336,14 +415,6 @@ ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     if (batch && b->hurry) {
         ngx_http_dato_batch_send(batch);
     }
-
-    if (w) {
-        w->armed = 1;
-    }
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
-                   "dato: queued %ui records, %ui in this worker",
-                   n, b->queued);
 
     return NGX_OK;
 }
@@ -450,14 +521,23 @@ ngx_http_dato_batch_alloc(ngx_http_dato_batcher_t *b,
 {
     ngx_http_dato_batch_t  *batch;
 
-    batch = ngx_alloc(sizeof(ngx_http_dato_batch_t)
-                      + (size - 1) * sizeof(ngx_http_dato_id_t), b->log);
+    batch = ngx_http_dato_shm_alloc(b->zone, sizeof(ngx_http_dato_batch_t)
+                                    + (size - 1) * sizeof(ngx_http_dato_id_t));
     if (batch == NULL) {
+        if (ngx_current_msec - b->full_logged > 1000) {
+            b->full_logged = ngx_current_msec;
+            ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                          "dato: the shared zone is full: records are "
+                          "refused, raise \"dato_zone_size\"");
+        }
+
         return NULL;
     }
 
     ngx_memzero(batch, sizeof(ngx_http_dato_batch_t));
 
+    batch->owner = ngx_pid;
+    batch->key = target->key;
     batch->batcher = b;
     batch->target = target;
     batch->state = NGX_HTTP_DATO_BATCH_WAITING;
@@ -472,6 +552,8 @@ ngx_http_dato_batch_alloc(ngx_http_dato_batcher_t *b,
 
     ngx_queue_init(&batch->waiters);
     ngx_queue_insert_tail(&b->batches, &batch->all);
+
+    ngx_http_dato_batch_journal(batch, 1);
 
     /* not cancelable: a graceful exit waits for the batch to be sent */
 
@@ -1070,6 +1152,18 @@ ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch)
 
     ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
                            -(ngx_atomic_int_t) batch->nids);
+
+    ngx_http_dato_batch_journal(batch, 0);
+}
+
+
+static void
+ngx_http_dato_batch_journal(ngx_http_dato_batch_t *batch, ngx_uint_t on)
+{
+    if (batch->journaled != on) {
+        batch->journaled = on;
+        ngx_http_dato_shm_journal(batch->batcher->zone, &batch->journal, on);
+    }
 }
 
 
@@ -1128,9 +1222,10 @@ ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch)
     }
 
     ngx_http_dato_batch_unqueue(batch);
+    ngx_http_dato_batch_journal(batch, 0);
     ngx_queue_remove(&batch->all);
 
-    ngx_free(batch);
+    ngx_http_dato_shm_free(b->zone, batch);
 }
 
 
@@ -1487,6 +1582,8 @@ ngx_http_dato_batch_again(ngx_http_dato_batch_t *batch)
     b->queued += batch->nids;
     ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
                            batch->nids);
+
+    ngx_http_dato_batch_journal(batch, 1);
 }
 
 
@@ -1605,6 +1702,125 @@ ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch, ngx_uint_t level,
                       "%*s, records (part %ui of %ui): %*s",
                       len, what, part + 1, parts, p - line, line);
     }
+}
+
+
+/*
+ * The batches of workers that died are taken over by a live one: at once
+ * by the worker that the master starts in a dead one's place, within a
+ * second by any other.  Their records are queued again here, as records
+ * of no waiting webhook (their webhooks' connections died with the
+ * worker); a call that was out may be made twice, which is harmless.
+ */
+
+static void
+ngx_http_dato_batch_adopt(ngx_event_t *ev)
+{
+    ngx_uint_t                i, n;
+    ngx_queue_t              *found[NGX_HTTP_DATO_ADOPT_MAX];
+    ngx_http_dato_batcher_t  *b;
+
+    b = (ngx_http_dato_batcher_t *)
+            ((u_char *) ev - offsetof(ngx_http_dato_batcher_t, adopt));
+
+    if (b->aborted) {
+        return;
+    }
+
+    n = ngx_http_dato_shm_journal_take(b->zone, ngx_http_dato_batch_orphan,
+                                       found, NGX_HTTP_DATO_ADOPT_MAX);
+
+    for (i = 0; i < n; i++) {
+        ngx_http_dato_batch_inherit(b,
+            ngx_queue_data(found[i], ngx_http_dato_batch_t, journal));
+    }
+
+    ngx_add_timer(&b->adopt, n == NGX_HTTP_DATO_ADOPT_MAX
+                             ? 0 : NGX_HTTP_DATO_ADOPT_EVERY);
+}
+
+
+/* called with the zone locked */
+
+static ngx_uint_t
+ngx_http_dato_batch_orphan(ngx_queue_t *q)
+{
+    ngx_http_dato_batch_t  *batch;
+
+    batch = ngx_queue_data(q, ngx_http_dato_batch_t, journal);
+
+    return batch->owner != ngx_pid && kill(batch->owner, 0) == -1
+           && ngx_errno == NGX_ESRCH;
+}
+
+
+static void
+ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
+    ngx_http_dato_batch_t *orphan)
+{
+    ngx_uint_t                  i;
+    ngx_http_dato_target_t    **targets, *target;
+    ngx_http_dato_parse_str_t   ids[NGX_HTTP_DATO_BATCH_MAX];
+
+    target = NULL;
+    targets = b->targets->elts;
+
+    for (i = 0; i < b->targets->nelts; i++) {
+        if (targets[i]->key == orphan->key) {
+            target = targets[i];
+            break;
+        }
+    }
+
+    /* the dead worker's count of queued records is the heir's now */
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
+                           -(ngx_atomic_int_t) orphan->nids);
+
+    orphan->nids = ngx_min(orphan->nids, NGX_HTTP_DATO_BATCH_MAX);
+
+    for (i = 0; i < orphan->nids; i++) {
+        ids[i].data = (char *) orphan->ids[i].data;
+        ids[i].len = ngx_min(orphan->ids[i].len, NGX_HTTP_DATO_ID_MAX_LEN);
+    }
+
+    orphan->env.data = orphan->env_buf;
+    orphan->env.len = ngx_min(orphan->env.len, NGX_HTTP_DATO_ENV_MAX_LEN);
+
+    if (target
+        && ngx_http_dato_batch_put(b, target, &orphan->env, ids, orphan->nids,
+                                   NULL)
+           == NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                      "dato: took over %ui records of worker process %P, "
+                      "which died before DatoCMS accepted them",
+                      orphan->nids, orphan->owner);
+
+    } else {
+
+        /* the orphan is this worker's now, if only to be logged */
+
+        orphan->batcher = b;
+        orphan->attempts = 0;
+
+        ngx_http_dato_batch_log_ids(orphan, NGX_LOG_ERR,
+                                    (u_char *) "dato: gave up publishing "
+                                    "the records of a worker process that "
+                                    "died (no location of this "
+                                    "configuration uses its token and URL, "
+                                    "or no memory)",
+                                    sizeof("dato: gave up publishing the "
+                                           "records of a worker process "
+                                           "that died (no location of this "
+                                           "configuration uses its token "
+                                           "and URL, or no memory)") - 1);
+
+        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
+                               orphan->nids);
+    }
+
+    ngx_http_dato_shm_free(b->zone, orphan);
 }
 
 

@@ -32,8 +32,15 @@ typedef struct ngx_http_dato_waiter_s   ngx_http_dato_waiter_t;
 typedef void (*ngx_http_dato_waiter_pt)(ngx_http_dato_waiter_t *w);
 
 
+/* DatoCMS's most records per bulk call: dato_batch_size's bound */
+#define NGX_HTTP_DATO_BATCH_MAX  200
+
+
 /* where batches go: one per dato_publish location */
 typedef struct {
+    /* a hash of the token and the URL, as the scheduler's key */
+    uint32_t                      key;
+
     ngx_http_dato_client_conf_t   client;
     ngx_http_dato_rate_t          rate;
     ngx_uint_t                    batch_size;
@@ -93,7 +100,7 @@ struct ngx_http_dato_waiter_s {
 
 
 ngx_http_dato_batcher_t *ngx_http_dato_batcher_create(ngx_log_t *log,
-    ngx_uint_t queue_size, ngx_shm_zone_t *zone);
+    ngx_uint_t queue_size, ngx_shm_zone_t *zone, ngx_array_t *targets);
 void ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b);
 ngx_int_t ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     ngx_http_dato_target_t *target, ngx_str_t *env,

@@ -564,9 +564,16 @@ ngx_http_dato_refused(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
         }
     }
 
-    ngx_snprintf(detail, sizeof(detail),
-                 "DatoCMS answered %ui: %ui of the %ui records were not "
-                 "published%Z", w->failed, w->refused.nelts, records);
+    if (w->failed == NGX_HTTP_DATO_NO_ANSWER) {
+        ngx_snprintf(detail, sizeof(detail),
+                     "DatoCMS did not answer: %ui of the %ui records were "
+                     "not published%Z", w->refused.nelts, records);
+
+    } else {
+        ngx_snprintf(detail, sizeof(detail),
+                     "DatoCMS answered %ui: %ui of the %ui records were not "
+                     "published%Z", w->failed, w->refused.nelts, records);
+    }
 
     err = json_pack("{s:s, s:s, s:s, s:s#}", "status", "502",
                     "title", "publish failed", "detail", detail,

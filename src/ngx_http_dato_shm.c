@@ -17,6 +17,12 @@ struct ngx_http_dato_shctx_s {
     /* the scheduler's entries, see ngx_http_dato_sched_init_zone() */
     void                         *sched;
 
+    /*
+     * the journal: every worker's batches that hold records answered 2xx
+     * and not yet accepted by DatoCMS, so that a dead worker's are found
+     */
+    ngx_queue_t                   journal;
+
     ngx_atomic_t                  stats[NGX_HTTP_DATO_STATS];
     ngx_http_dato_histogram_t     latency[2];
 
@@ -194,6 +200,7 @@ ngx_http_dato_shm_init(ngx_shm_zone_t *zone, void *data)
 
     ctx->sh->size = ngx_http_dato_shm_layout();
     ctx->shpool->data = ctx->sh;
+    ngx_queue_init(&ctx->sh->journal);
 
     if (octx) {
 
@@ -240,6 +247,97 @@ ngx_http_dato_shm_tokens(ngx_shm_zone_t *zone)
     }
 
     return rc;
+}
+
+
+/* memory that outlives a worker: its batches */
+
+void *
+ngx_http_dato_shm_alloc(ngx_shm_zone_t *zone, size_t size)
+{
+    void                     *p;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+    p = ngx_slab_alloc_locked(ctx->shpool, size);
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return p;
+}
+
+
+void
+ngx_http_dato_shm_free(ngx_shm_zone_t *zone, void *p)
+{
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+    ngx_slab_free_locked(ctx->shpool, p);
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/* in (add) or out of the journal; "q" is in shared memory */
+
+void
+ngx_http_dato_shm_journal(ngx_shm_zone_t *zone, ngx_queue_t *q,
+    ngx_uint_t add)
+{
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    if (add) {
+        ngx_queue_insert_tail(&ctx->sh->journal, q);
+
+    } else {
+        ngx_queue_remove(q);
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/*
+ * Takes out of the journal, locked, up to "n" entries for which "dead"
+ * says yes, into "found"; returns how many.
+ */
+
+ngx_uint_t
+ngx_http_dato_shm_journal_take(ngx_shm_zone_t *zone,
+    ngx_http_dato_shm_dead_pt dead, ngx_queue_t **found, ngx_uint_t n)
+{
+    ngx_uint_t                k;
+    ngx_queue_t              *q, *next, *journal;
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+    journal = &ctx->sh->journal;
+    k = 0;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    for (q = ngx_queue_head(journal);
+         q != ngx_queue_sentinel(journal) && k < n;
+         q = next)
+    {
+        next = ngx_queue_next(q);
+
+        if (dead(q)) {
+            ngx_queue_remove(q);
+            found[k++] = q;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return k;
 }
 
 

@@ -20,7 +20,7 @@
 
 
 /* dato_zone_size: the default, and the least that nginx takes */
-#define NGX_HTTP_DATO_SHM_SIZE      (512 * 1024)
+#define NGX_HTTP_DATO_SHM_SIZE      (4 * 1024 * 1024)
 #define NGX_HTTP_DATO_SHM_SIZE_MIN  (32 * 1024)
 
 
@@ -116,7 +116,16 @@ typedef struct {
 } ngx_http_dato_shm_ctx_t;
 
 
+typedef ngx_uint_t (*ngx_http_dato_shm_dead_pt)(ngx_queue_t *q);
+
+
 ngx_shm_zone_t *ngx_http_dato_shm_add(ngx_conf_t *cf, size_t size);
+void *ngx_http_dato_shm_alloc(ngx_shm_zone_t *zone, size_t size);
+void ngx_http_dato_shm_free(ngx_shm_zone_t *zone, void *p);
+void ngx_http_dato_shm_journal(ngx_shm_zone_t *zone, ngx_queue_t *q,
+    ngx_uint_t add);
+ngx_uint_t ngx_http_dato_shm_journal_take(ngx_shm_zone_t *zone,
+    ngx_http_dato_shm_dead_pt dead, ngx_queue_t **found, ngx_uint_t n);
 ngx_int_t ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key,
     ngx_uint_t cap, ngx_uint_t *index);
 char *ngx_http_dato_shm_check(ngx_conf_t *cf, ngx_shm_zone_t *zone);

@@ -1,0 +1,120 @@
+#!/usr/bin/perl
+
+# A worker's death loses nothing: the batches that hold records answered
+# 2xx and not yet accepted by DatoCMS live in the shared zone's journal,
+# and the worker that the master starts in a dead one's place (or any
+# other live worker) takes them over and sends them.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes ();
+use DatoTest qw(ids_of ids_body post_req);
+
+my $SLOW = $ENV{TEST_NGINX_USE_VALGRIND} ? 4 : 1;
+
+sub queued {
+    my ($t) = @_;
+    my $r = $t->json_request(method => 'GET', path => '/status');
+    return (($r->{json} || {})->{records} || {})->{queued};
+}
+
+###########################################################################
+# kill -9 of both workers while the API is down: their 150 records are
+# taken over by the respawned workers and published when the API is back
+
+{
+    my $t = DatoTest->new(workers => 2);
+    $t->start_mock;
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%% reuseport;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_size 20;
+            dato_job_poll off;
+        }
+        location /status { dato_publish_status; }
+    }
+EOF
+    $t->allow_log(qr/worker process \d+ exited on signal 9/);
+
+    # the API refuses connections for 6 s: every call fails and waits
+    my $up = Time::HiRes::time() + 6 * $SLOW + 0.5;
+    $t->mock_config({ down_ms => 6000 * $SLOW });
+
+    my @ids = ids_of(2_000_000, 150);
+    my @reqs = map { post_req('/hook', ids_body(@ids[$_ * 10 .. $_ * 10 + 9])) } 0 .. 14;
+    my @res = $t->parallel_requests(\@reqs, timeout => 10 * $SLOW);
+    is(scalar(grep { $_->{status} == 202 } @res), 15, 'crash: 15 webhooks of 10 records answered 202');
+    is(queued($t), 150, 'crash: records.queued 150 before the kill');
+
+    my @pids = $t->worker_pids;
+    is(scalar @pids, 2, 'crash: two workers');
+    kill 'KILL', @pids;
+    ok($t->wait_for(sub { !grep { kill 0, $_ } @pids }, 5), 'crash: both killed');
+
+    ok($t->wait_for(sub { my @w = $t->worker_pids; @w == 2 && !grep { my $p = $_; grep { $_ == $p } @pids } @w },
+                    10 * $SLOW),
+       'crash: the master started two new workers');
+
+    # the mock does not answer its own control calls while it is down
+    Time::HiRes::sleep($up - Time::HiRes::time()) if $up > Time::HiRes::time();
+
+    ok($t->wait_published(40 * $SLOW, @ids), 'crash: all 150 records published once the API is back');
+    is(scalar($t->gave_up_lines), 0, 'crash: nothing given up');
+    $t->log_like(qr/\[warn\].*dato: took over \d+ records of worker process \d+/,
+                 'crash: the heirs say what they took over');
+    ok($t->wait_for(sub { (queued($t) // -1) == 0 }, 5 * $SLOW), 'crash: records.queued back to 0');
+
+    $t->done;
+}
+
+###########################################################################
+# a live worker takes over the batches of one that died without an heir
+# of its slot (here: one of two workers killed; whichever is first, the
+# respawned one or the other, takes them), and a reload keeps the journal
+
+{
+    my $t = DatoTest->new(workers => 2);
+    $t->start_mock;
+    $t->run(http => <<'EOF');
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%% reuseport;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_job_poll off;
+        }
+        location /status { dato_publish_status; }
+    }
+EOF
+    $t->allow_log(qr/worker process \d+ exited on signal 9/);
+
+    my $up = Time::HiRes::time() + 5 * $SLOW + 0.5;
+    $t->mock_config({ down_ms => 5000 * $SLOW });
+
+    my @ids = ids_of(2_100_000, 40);
+    my @res = $t->parallel_requests([ map { post_req('/hook', ids_body($_)) } @ids ],
+                                    timeout => 10 * $SLOW);
+    is(scalar(grep { $_->{status} == 202 } @res), 40, 'one dies: 40 webhooks answered 202');
+
+    my ($victim) = $t->worker_pids;
+    kill 'KILL', $victim;
+    Time::HiRes::sleep($up - Time::HiRes::time()) if $up > Time::HiRes::time();
+    ok($t->wait_published(40 * $SLOW, @ids), 'one dies: all 40 records published');
+    is(scalar($t->gave_up_lines), 0, 'one dies: nothing given up');
+    ok($t->wait_for(sub { (queued($t) // -1) == 0 }, 5 * $SLOW), 'one dies: records.queued back to 0');
+
+    $t->done;
+}
+
+done_testing;
