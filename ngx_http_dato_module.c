@@ -200,6 +200,13 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       offsetof(ngx_http_dato_main_conf_t, queue_size),
       NULL },
 
+    { ngx_string("dato_spool_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dato_main_conf_t, spool),
+      NULL },
+
     { ngx_string("dato_zone_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -325,6 +332,12 @@ ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_size_value(dmcf->zone_size, NGX_HTTP_DATO_SHM_SIZE);
+
+    if (dmcf->spool.len
+        && ngx_conf_full_name(cf->cycle, &dmcf->spool, 0) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     if (dmcf->zone_size < NGX_HTTP_DATO_SHM_SIZE_MIN) {
         return "\"dato_zone_size\" must be at least 32k";
@@ -837,7 +850,8 @@ ngx_http_dato_init_process(ngx_cycle_t *cycle)
 
     dmcf->batcher = ngx_http_dato_batcher_create(cycle->log,
                                                  dmcf->queue_size,
-                                                 dmcf->zone, &dmcf->targets);
+                                                 dmcf->zone, &dmcf->targets,
+                                                 &dmcf->spool);
     if (dmcf->batcher == NULL) {
         return NGX_ERROR;
     }

@@ -33,6 +33,9 @@ typedef struct {
     ngx_uint_t                    queue_size;
     size_t                        zone_size;
 
+    /* dato_spool_file: where a stop leaves what it could not send */
+    ngx_str_t                     spool;
+
     /* some location has dato_publish: workers need a batcher */
     ngx_flag_t                    enabled;
 

@@ -9,6 +9,7 @@
 #include <ngx_event.h>
 
 #include "ngx_http_dato_batch.h"
+#include "ngx_http_dato_spool.h"
 
 
 /* capped exponential backoff between attempts of one batch */
@@ -114,6 +115,7 @@ struct ngx_http_dato_batch_s {
 
     unsigned                      queued:1;
     unsigned                      journaled:1;
+    unsigned                      spooled:1;
     unsigned                      finished:1;
     unsigned                      polling:1;
     unsigned                      in_line:1;
@@ -138,6 +140,9 @@ struct ngx_http_dato_batcher_s {
 
     /* ngx_http_dato_target_t *: where the batches of dead workers go */
     ngx_array_t                  *targets;
+
+    /* dato_spool_file, or empty */
+    ngx_str_t                     spool;
 
     /* looks for them */
     ngx_event_t                   adopt;
@@ -215,6 +220,11 @@ static void ngx_http_dato_batch_adopt(ngx_event_t *ev);
 static ngx_uint_t ngx_http_dato_batch_orphan(ngx_queue_t *q);
 static void ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
     ngx_http_dato_batch_t *orphan);
+static ngx_http_dato_target_t *ngx_http_dato_batch_target(
+    ngx_http_dato_batcher_t *b, uint32_t key);
+static void ngx_http_dato_batch_spool(ngx_http_dato_batcher_t *b);
+static ngx_int_t ngx_http_dato_batch_unspool(void *data, uint32_t key,
+    ngx_str_t *env, ngx_http_dato_parse_str_t *ids, ngx_uint_t n);
 static void ngx_http_dato_batch_watch(ngx_event_t *ev);
 static void ngx_http_dato_batch_hurry(ngx_http_dato_batcher_t *b);
 static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
@@ -223,7 +233,7 @@ static void ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b,
 
 ngx_http_dato_batcher_t *
 ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
-    ngx_shm_zone_t *zone, ngx_array_t *targets)
+    ngx_shm_zone_t *zone, ngx_array_t *targets, ngx_str_t *spool)
 {
     ngx_connection_t         *c;
     ngx_http_dato_batcher_t  *b;
@@ -236,6 +246,7 @@ ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
     b->log = log;
     b->zone = zone;
     b->targets = targets;
+    b->spool = *spool;
     b->queue_size = queue_size;
     b->dummy.fd = (ngx_socket_t) -1;
 
@@ -279,6 +290,16 @@ ngx_http_dato_batcher_create(ngx_log_t *log, ngx_uint_t queue_size,
     b->adopt.cancelable = 1;
 
     ngx_http_dato_batch_adopt(&b->adopt);
+
+    /*
+     * one worker reads back what the last stop spooled: at start, before
+     * any request, so the disk reads cost no webhook anything
+     */
+
+    if (b->spool.len && ngx_worker == 0) {
+        ngx_http_dato_spool_read(&b->spool, log, ngx_http_dato_batch_unspool,
+                                 b);
+    }
 
     return b;
 }
@@ -1246,6 +1267,15 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
 
     batch->fail_status = status ? status : NGX_HTTP_DATO_NO_ANSWER;
 
+    if (batch->spooled) {
+
+        /* not given up: in the spool file, sent after the next start */
+
+        ngx_http_dato_batch_notify(batch, 1);
+        ngx_http_dato_batch_free(batch);
+        return;
+    }
+
     if (code && code->len && code->data != batch->code_buf) {
         batch->fail_code.len = ngx_min(code->len, NGX_HTTP_DATO_CODE_LEN);
         batch->fail_code.data = batch->code_buf;
@@ -1759,18 +1789,10 @@ ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
     ngx_http_dato_batch_t *orphan)
 {
     ngx_uint_t                  i;
-    ngx_http_dato_target_t    **targets, *target;
+    ngx_http_dato_target_t     *target;
     ngx_http_dato_parse_str_t   ids[NGX_HTTP_DATO_BATCH_MAX];
 
-    target = NULL;
-    targets = b->targets->elts;
-
-    for (i = 0; i < b->targets->nelts; i++) {
-        if (targets[i]->key == orphan->key) {
-            target = targets[i];
-            break;
-        }
-    }
+    target = ngx_http_dato_batch_target(b, orphan->key);
 
     /* the dead worker's count of queued records is the heir's now */
 
@@ -1821,6 +1843,159 @@ ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
     }
 
     ngx_http_dato_shm_free(b->zone, orphan);
+}
+
+
+static ngx_http_dato_target_t *
+ngx_http_dato_batch_target(ngx_http_dato_batcher_t *b, uint32_t key)
+{
+    ngx_uint_t               i;
+    ngx_http_dato_target_t **targets;
+
+    targets = b->targets->elts;
+
+    for (i = 0; i < b->targets->nelts; i++) {
+        if (targets[i]->key == key) {
+            return targets[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * The worker must stop before its records are sent (a fast stop,
+ * worker_shutdown_timeout): with dato_spool_file, they go to the spool
+ * instead of being given up, calls out included (DatoCMS may have taken
+ * those; publishing again is harmless).
+ */
+
+static void
+ngx_http_dato_batch_spool(ngx_http_dato_batcher_t *b)
+{
+    u_char                 *ids[NGX_HTTP_DATO_BATCH_MAX];
+    size_t                  lens[NGX_HTTP_DATO_BATCH_MAX];
+    ngx_uint_t              i, n;
+    ngx_queue_t            *q;
+    ngx_http_dato_spool_t  *sp;
+    ngx_http_dato_batch_t  *batch;
+
+    sp = NULL;
+    n = 0;
+
+    for (q = ngx_queue_head(&b->batches);
+         q != ngx_queue_sentinel(&b->batches);
+         q = ngx_queue_next(q))
+    {
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+
+        if (!batch->queued || batch->nids == 0) {
+            continue;
+        }
+
+        if (sp == NULL) {
+            sp = ngx_http_dato_spool_open(&b->spool, b->log);
+            if (sp == NULL) {
+                return;
+            }
+        }
+
+        for (i = 0; i < batch->nids; i++) {
+            ids[i] = batch->ids[i].data;
+            lens[i] = batch->ids[i].len;
+        }
+
+        if (ngx_http_dato_spool_add(sp, batch->key, &batch->env, ids, lens,
+                                    batch->nids)
+            != NGX_OK)
+        {
+            break;
+        }
+
+        batch->spooled = 1;
+        n += batch->nids;
+    }
+
+    if (sp == NULL) {
+        return;
+    }
+
+    if (ngx_http_dato_spool_close(sp) == NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                      "dato: %ui records spooled (%s)", n, b->abort_reason);
+        return;
+    }
+
+    /* not written: they are given up, named in the log, as without it */
+
+    for (q = ngx_queue_head(&b->batches);
+         q != ngx_queue_sentinel(&b->batches);
+         q = ngx_queue_next(q))
+    {
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+        batch->spooled = 0;
+    }
+}
+
+
+/* a line of a spool file read back: records of no waiting webhook */
+
+static ngx_int_t
+ngx_http_dato_batch_unspool(void *data, uint32_t key, ngx_str_t *env,
+    ngx_http_dato_parse_str_t *ids, ngx_uint_t n)
+{
+    ngx_http_dato_batcher_t *b = data;
+
+    ngx_uint_t               i;
+    ngx_http_dato_batch_t   *lost;
+    ngx_http_dato_target_t  *target;
+
+    target = ngx_http_dato_batch_target(b, key);
+
+    if (target
+        && ngx_http_dato_batch_put(b, target, env, ids, n, NULL) == NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_NOTICE, b->log, 0,
+                      "dato: %ui spooled records queued again", n);
+        return NGX_OK;
+    }
+
+    /*
+     * another configuration's records (another token or URL): they are
+     * not sent with this one's, but named as given up
+     */
+
+    lost = ngx_alloc(sizeof(ngx_http_dato_batch_t)
+                     + n * sizeof(ngx_http_dato_id_t), b->log);
+    if (lost == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(lost, sizeof(ngx_http_dato_batch_t));
+    lost->batcher = b;
+    lost->nids = n;
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(lost->ids[i].data, ids[i].data, ids[i].len);
+        lost->ids[i].data[ids[i].len] = '\0';
+        lost->ids[i].len = (u_char) ids[i].len;
+    }
+
+    ngx_http_dato_batch_log_ids(lost, NGX_LOG_ERR,
+                                (u_char *) "dato: gave up publishing spooled "
+                                "records: no location of this configuration "
+                                "uses their token and URL",
+                                sizeof("dato: gave up publishing spooled "
+                                       "records: no location of this "
+                                       "configuration uses their token and "
+                                       "URL") - 1);
+
+    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP, n);
+
+    ngx_free(lost);
+
+    return NGX_OK;
 }
 
 
@@ -1883,6 +2058,10 @@ ngx_http_dato_batch_abort(ngx_http_dato_batcher_t *b, const char *why)
 
     b->aborted = 1;
     b->abort_reason = why;
+
+    if (b->spool.len) {
+        ngx_http_dato_batch_spool(b);
+    }
 
     /* calls out now come back through their answer handlers */
 

@@ -100,7 +100,8 @@ struct ngx_http_dato_waiter_s {
 
 
 ngx_http_dato_batcher_t *ngx_http_dato_batcher_create(ngx_log_t *log,
-    ngx_uint_t queue_size, ngx_shm_zone_t *zone, ngx_array_t *targets);
+    ngx_uint_t queue_size, ngx_shm_zone_t *zone, ngx_array_t *targets,
+    ngx_str_t *spool);
 void ngx_http_dato_batcher_destroy(ngx_http_dato_batcher_t *b);
 ngx_int_t ngx_http_dato_batch_add(ngx_http_dato_batcher_t *b,
     ngx_http_dato_target_t *target, ngx_str_t *env,

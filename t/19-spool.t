@@ -1,0 +1,151 @@
+#!/usr/bin/perl
+
+# dato_spool_file: what a fast stop could not send is written to the spool
+# (a temporary file, fsync, rename), and read back and sent after the next
+# start; a corrupt or foreign spool file is refused whole and moved aside.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes ();
+use DatoTest qw(ids_of ids_body post_req);
+
+my $SLOW = $ENV{TEST_NGINX_USE_VALGRIND} ? 4 : 1;
+
+sub conf {
+    my ($token) = @_;
+    $token //= 'test-token';
+    return <<"EOF";
+    dato_api_url %%MOCK%%;
+    dato_api_token $token;
+    dato_spool_file %%TMP%%/spool/dato;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_job_poll off;
+        }
+    }
+EOF
+}
+
+sub spool_files {
+    my ($t, $re) = @_;
+    opendir(my $d, $t->tmpdir . '/spool') or return ();
+    my @f = sort grep { /$re/ } readdir $d;
+    closedir $d;
+    return @f;
+}
+
+# the API refuses connections for $s seconds; returns when it is back
+sub api_down {
+    my ($t, $s) = @_;
+    my $up = Time::HiRes::time() + $s + 0.5;
+    $t->mock_config({ down_ms => int($s * 1000) });
+    return $up;
+}
+
+sub until_up {
+    my ($up) = @_;
+    my $d = $up - Time::HiRes::time();
+    Time::HiRes::sleep($d) if $d > 0;
+}
+
+###########################################################################
+# 1. a fast stop with 60 records held (API down), then a start: 0 lost
+
+{
+    my $t = DatoTest->new(workers => 1);
+    mkdir $t->tmpdir . '/spool';
+    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    $t->start_mock;
+    $t->run(http => conf());
+
+    my $up = api_down($t, 4 * $SLOW);
+    my @ids = ids_of(3_000_000, 60);
+    my @res = $t->parallel_requests([ map { post_req('/hook', ids_body(@ids[$_ * 10 .. $_ * 10 + 9])) } 0 .. 5 ],
+                                    timeout => 10 * $SLOW);
+    is(scalar(grep { $_->{status} == 202 } @res), 6, 'spool: 6 webhooks of 10 records answered 202');
+
+    $t->stop_fast;
+    my @files = spool_files($t, qr/^dato\.\d+\z/);
+    is(scalar @files, 1, 'spool: one spool file after the fast stop (' . join(' ', @files) . ')');
+    is(scalar(spool_files($t, qr/\.tmp\z/)), 0, 'spool: no temporary file left');
+    my $text = $t->read_file("spool/$files[0]") // '';
+    like($text, qr/\Angx_http_dato spool 1\n/, 'spool: the file has its head');
+    like($text, qr/\nend \d+ [0-9a-f]{8}\n\z/, 'spool: ... and its trailer');
+    unlike($text, qr/test-token/, 'spool: no token in the file');
+    is(scalar(grep { index($text, "$_\n") >= 0 } @ids), 60, 'spool: all 60 records in it');
+    is(scalar($t->gave_up_lines), 0, 'spool: nothing given up at the stop');
+    $t->log_like(qr/\[warn\].*dato: 60 records spooled/, 'spool: the stop says so');
+
+    until_up($up);
+    $t->run(http => conf());
+    ok($t->wait_published(20 * $SLOW, @ids), 'spool: all 60 records published after the start');
+    is(scalar(spool_files($t, qr/^dato\./)), 0, 'spool: the spool file is gone once read');
+    $t->log_like(qr/dato: read back the spool file/, 'spool: the start says so');
+    is(scalar($t->gave_up_lines), 0, 'spool: nothing given up');
+
+    $t->done;
+}
+
+###########################################################################
+# 2. a corrupt spool file: refused whole, moved aside, nothing sent
+
+{
+    my $t = DatoTest->new(workers => 1);
+    mkdir $t->tmpdir . '/spool';
+    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    $t->write_file('spool/dato.4242', "ngx_http_dato spool 1\nrecords 00000000 - 1\n43012949\n");
+    $t->write_file('spool/dato.4243', "something else entirely\n");
+    $t->start_mock;
+    $t->run(http => conf());
+
+    ok($t->wait_for(sub { scalar(spool_files($t, qr/\.bad\z/)) == 2 }, 5 * $SLOW),
+       'corrupt: both files moved aside (.bad)');
+    is(scalar(spool_files($t, qr/^dato\.\d+\z/)), 0, 'corrupt: none left to read');
+    $t->log_like(qr/\[error\].*dato: the spool file ".*dato\.4242" is not a whole spool file.*refused/,
+                 'corrupt: a file cut short is refused, at error');
+    $t->log_like(qr/\[error\].*dato: the spool file ".*dato\.4243"/, 'corrupt: so is a foreign one');
+    Time::HiRes::sleep(0.5);
+    is(scalar($t->publishes), 0, 'corrupt: nothing of it was sent');
+
+    $t->done;
+}
+
+###########################################################################
+# 3. a spool file of another configuration (another token): its records
+#    are not sent with this token, but named as given up
+
+{
+    my $t = DatoTest->new(workers => 1);
+    mkdir $t->tmpdir . '/spool';
+    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    $t->start_mock;
+    $t->run(http => conf('other-token'));
+
+    my $up = api_down($t, 3 * $SLOW);
+    my @ids = ids_of(3_100_000, 5);
+    my $r = $t->post_json('/hook', ids_body(@ids));
+    is($r->{status}, 202, 'foreign: webhook answered 202');
+    $t->stop_fast;
+    is(scalar(spool_files($t, qr/^dato\.\d+\z/)), 1, 'foreign: spooled by the first configuration');
+
+    until_up($up);
+    $t->run(http => conf('test-token'));
+    ok($t->wait_for(sub { scalar(spool_files($t, qr/^dato\./)) == 0 }, 5 * $SLOW),
+       'foreign: the file is read and gone');
+    my $gave = $t->gave_up_ids;
+    is(scalar(grep { $gave->{$_} } @ids), 5, 'foreign: its 5 records are named as given up');
+    $t->log_like(qr/\[error\].*no location of this configuration uses their token and URL/,
+                 'foreign: with the reason');
+    is(scalar($t->publishes), 0, 'foreign: nothing sent with the other token');
+
+    $t->done;
+}
+
+done_testing;
