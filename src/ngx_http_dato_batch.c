@@ -189,6 +189,8 @@ static void ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch,
 static void ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_leave_line(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_free(ngx_http_dato_batch_t *batch);
+static ngx_http_dato_link_t *ngx_http_dato_batch_link(
+    ngx_http_dato_waiter_t *w, ngx_http_dato_batch_t *batch);
 static ngx_http_dato_batch_t *ngx_http_dato_batch_alloc(
     ngx_http_dato_batcher_t *b, ngx_http_dato_target_t *target,
     ngx_str_t *env, ngx_uint_t size);
@@ -364,7 +366,7 @@ ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
 {
     ngx_uint_t              i, j;
     ngx_http_dato_id_t     *id;
-    ngx_http_dato_link_t   *link, **lp;
+    ngx_http_dato_link_t   *link;
     ngx_http_dato_batch_t  *batch;
 
     batch = NULL;
@@ -404,23 +406,10 @@ ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
         }
 
         if (w && (link == NULL || link->batch != batch)) {
-            lp = ngx_array_push(&w->links);
-            if (lp == NULL) {
-                return NGX_ERROR;
-            }
-
-            link = ngx_pcalloc(w->pool, sizeof(ngx_http_dato_link_t));
+            link = ngx_http_dato_batch_link(w, batch);
             if (link == NULL) {
                 return NGX_ERROR;
             }
-
-            *lp = link;
-
-            link->batch = batch;
-            link->waiter = w;
-            link->job = NGX_HTTP_DATO_NO_JOB;
-            ngx_queue_insert_tail(&batch->waiters, &link->queue);
-            w->pending++;
         }
 
         if (link) {
@@ -438,6 +427,37 @@ ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
     }
 
     return NGX_OK;
+}
+
+
+/* the webhook "w" waits on "batch" too */
+
+static ngx_http_dato_link_t *
+ngx_http_dato_batch_link(ngx_http_dato_waiter_t *w,
+    ngx_http_dato_batch_t *batch)
+{
+    ngx_http_dato_link_t  *link, **lp;
+
+    lp = ngx_array_push(&w->links);
+    if (lp == NULL) {
+        return NULL;
+    }
+
+    link = ngx_pcalloc(w->pool, sizeof(ngx_http_dato_link_t));
+    if (link == NULL) {
+        w->links.nelts--;
+        return NULL;
+    }
+
+    *lp = link;
+
+    link->batch = batch;
+    link->waiter = w;
+    link->job = NGX_HTTP_DATO_NO_JOB;
+    ngx_queue_insert_tail(&batch->waiters, &link->queue);
+    w->pending++;
+
+    return link;
 }
 
 
@@ -1521,7 +1541,7 @@ ngx_http_dato_batch_relink(ngx_http_dato_batch_t *from,
     ngx_uint_t               i;
     ngx_queue_t             *q;
     ngx_http_dato_job_t     *job;
-    ngx_http_dato_link_t    *link, *nl, **lp;
+    ngx_http_dato_link_t    *link, *nl;
     ngx_http_dato_waiter_t  *w;
 
     for (q = ngx_queue_head(&from->waiters);
@@ -1538,24 +1558,10 @@ ngx_http_dato_batch_relink(ngx_http_dato_batch_t *from,
             }
 
             if (nl == NULL) {
-                lp = ngx_array_push(&w->links);
-                if (lp == NULL) {
-                    return NGX_ERROR;
-                }
-
-                nl = ngx_pcalloc(w->pool, sizeof(ngx_http_dato_link_t));
+                nl = ngx_http_dato_batch_link(w, to);
                 if (nl == NULL) {
-                    w->links.nelts--;
                     return NGX_ERROR;
                 }
-
-                *lp = nl;
-
-                nl->batch = to;
-                nl->waiter = w;
-                nl->job = NGX_HTTP_DATO_NO_JOB;
-                ngx_queue_insert_tail(&to->waiters, &nl->queue);
-                w->pending++;
             }
 
             ngx_http_dato_link_set(nl, i);
