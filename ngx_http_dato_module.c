@@ -43,6 +43,8 @@ static char *ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dato_api_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_dato_api_token(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -61,6 +63,8 @@ static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static void ngx_http_dato_check_secret_header(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf);
 static char *ngx_http_dato_check_num(ngx_conf_t *cf, void *post, void *data);
 static char *ngx_http_dato_check_msec(ngx_conf_t *cf, void *post,
     void *data);
@@ -187,9 +191,9 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_api_url"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_dato_api_url,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_dato_loc_conf_t, api_url),
+      0,
       NULL },
 
     { ngx_string("dato_api_timeout"),
@@ -456,6 +460,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->secret_header.data == NULL) {
         conf->secret_header = prev->secret_header;
         conf->secret = prev->secret;
+        conf->secret_at = prev->secret_at;
     }
     ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
@@ -490,6 +495,10 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                                   "\"dato_publish_wait result\" needs "
                                   "\"dato_job_poll on\"");
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->secret_header.len) {
+        ngx_http_dato_check_secret_header(cf, conf);
     }
 
     target = ngx_pcalloc(cf->pool, sizeof(ngx_http_dato_target_t));
@@ -567,11 +576,18 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /* the last content handler would win, silently */
+
+    if (clcf->handler == ngx_http_dato_status_handler) {
+        return "is a conflict with \"dato_publish_status\"";
+    }
+
     dlcf->publish = 1;
     dlcf->publish_at.file = cf->conf_file->file.name;
     dlcf->publish_at.line = cf->conf_file->line;
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_dato_handler;
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
@@ -584,6 +600,8 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
     ngx_http_core_loc_conf_t   *clcf;
     ngx_http_dato_main_conf_t  *dmcf;
 
@@ -593,10 +611,124 @@ ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    if (dlcf->publish) {
+        return "is a conflict with \"dato_publish\"";
+    }
+
     clcf->handler = ngx_http_dato_status_handler;
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
     dmcf->status = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The URL is checked here, at its line: the host is resolved later, in
+ * the merge, for the locations that use it.  Its user info would be sent
+ * to whatever answers, and a query or a fragment would end up in the
+ * middle of every call's URL.
+ */
+
+static char *
+ngx_http_dato_api_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    u_char      *p, *host, *last;
+    ngx_str_t   *value, url;
+    ngx_url_t    u;
+    ngx_uint_t   port;
+
+    if (dlcf->api_url.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    url = value[1];
+
+    if (url.len >= 8
+        && ngx_strncasecmp(url.data, (u_char *) "https://", 8) == 0)
+    {
+        host = url.data + 8;
+        port = 443;
+
+    } else if (url.len >= 7
+               && ngx_strncasecmp(url.data, (u_char *) "http://", 7) == 0)
+    {
+        host = url.data + 7;
+        port = 80;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must start with \"http://\" or \"https://\"",
+                           &url, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    last = url.data + url.len;
+
+    for (p = host; p < last && *p != '/'; p++) {
+
+        /* the URL is not shown: what is before "@" may be a password */
+
+        if (*p == '@') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value in \"%V\" directive, "
+                               "user info (\"user@\") is not allowed: "
+                               "the token goes in \"dato_api_token\"",
+                               &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (p = host; p < last; p++) {
+        if (*p == '?' || *p == '#') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "a %s is not allowed", &url, &cmd->name,
+                               *p == '?' ? "query string" : "fragment");
+            return NGX_CONF_ERROR;
+        }
+
+        if (*p <= ' ' || *p == 0x7f) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "spaces and control characters are not "
+                               "allowed", &url, &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (p = host; p < last && *p != '/'; p++) { /* void */ }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = host;
+    u.url.len = p - host;
+    u.default_port = port;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "%s", &url, &cmd->name, u.err);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "no host", &url, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    dlcf->api_url = url;
 
     return NGX_CONF_OK;
 }
@@ -939,14 +1071,23 @@ ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* dato_webhook_secret X-Webhook-Secret value; */
+/*
+ * dato_webhook_secret X-Webhook-Secret value;
+ *
+ * A header that no request can carry would refuse every webhook: the name
+ * is an HTTP token, and the value has no line break and no space at
+ * either end, which nginx cuts from request headers.  The value is a
+ * secret: no message shows it.
+ */
 
 static char *
 ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
+    u_char      c;
     ngx_str_t  *value;
+    ngx_uint_t  i;
 
     if (dlcf->secret_header.data) {
         return "is duplicate";
@@ -958,10 +1099,89 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "needs a header name and a value";
     }
 
+    for (i = 0; i < value[1].len; i++) {
+        c = value[1].data[i];
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+            || (c >= '0' && c <= '9')
+            || (c > 0x20 && c < 0x7f
+                && ngx_strchr("!#$%&'*+-.^_`|~", c) != NULL))
+        {
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid header name \"%V\" in \"%V\" directive",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    c = value[2].data[value[2].len - 1];
+
+    if (value[2].data[0] == ' ' || value[2].data[0] == '\t'
+        || c == ' ' || c == '\t'
+        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\r')
+        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\n'))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value in \"%V\" directive, a header "
+                           "value cannot start or end with a space, or "
+                           "hold a line break", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     dlcf->secret_header = value[1];
     dlcf->secret = value[2];
+    dlcf->secret_at.file = cf->conf_file->file.name;
+    dlcf->secret_at.line = cf->conf_file->line;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * nginx drops request headers whose names have other characters than
+ * letters, digits and "-" (and "_" with "underscores_in_headers on"),
+ * unless "ignore_invalid_headers off": this server's settings are known
+ * only now
+ */
+
+static void
+ngx_http_dato_check_secret_header(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf)
+{
+    u_char                     c;
+    ngx_uint_t                 i;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+
+    if (!cscf->ignore_invalid_headers) {
+        return;
+    }
+
+    for (i = 0; i < conf->secret_header.len; i++) {
+        c = conf->secret_header.data[i];
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+            || (c >= '0' && c <= '9') || c == '-'
+            || (c == '_' && cscf->underscores_in_headers))
+        {
+            continue;
+        }
+
+        ngx_http_dato_conf_log_at(NGX_LOG_WARN, cf, &conf->secret_at,
+                                  "header name \"%V\" in "
+                                  "\"dato_webhook_secret\" directive has "
+                                  "\"%c\", and nginx ignores such request "
+                                  "headers%s: every webhook would be "
+                                  "refused",
+                                  &conf->secret_header, c,
+                                  c == '_'
+                                  ? " without \"underscores_in_headers on\""
+                                  : " without \"ignore_invalid_headers off\"");
+        return;
+    }
 }
 
 
