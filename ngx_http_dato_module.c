@@ -20,6 +20,10 @@
 #include "ngx_http_dato_status.h"
 
 
+/* the calls per 3 s that DatoCMS allows a token */
+#define NGX_HTTP_DATO_DATOCMS_LIMIT  60
+
+
 /*
  * a time: why 0 is refused (NULL: 0 is accepted), and the most it may be
  * before a warning says why it is too long (0: no warning)
@@ -112,7 +116,8 @@ static ngx_http_dato_msec_bounds_t  ngx_http_dato_job_timeout_bounds = {
 
 static ngx_http_dato_msec_bounds_t  ngx_http_dato_publish_timeout_bounds = {
     ngx_http_dato_check_msec, NULL, 8000,
-    "DatoCMS drops a webhook call after 8s and counts it as failed"
+    "is longer than DatoCMS waits for a webhook call (8s): it drops the "
+    "call and counts it as failed"
 };
 
 
@@ -1193,8 +1198,8 @@ ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
     ngx_int_t    n;
+    ngx_str_t   *value, every;
     ngx_msec_t   period;
-    ngx_str_t   *value;
 
     if (dlcf->rate_limit != NGX_CONF_UNSET_UINT) {
         return "is duplicate";
@@ -1213,6 +1218,7 @@ ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     period = 3000;
+    ngx_str_set(&every, "3s");
 
     if (cf->args->nelts == 3) {
         period = ngx_parse_time(&value[2], 0);
@@ -1223,6 +1229,22 @@ ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                &value[2], &cmd->name);
             return NGX_CONF_ERROR;
         }
+
+        every = value[2];
+    }
+
+    /*
+     * DatoCMS allows 60 calls per 3 s: a cap above it is not wrong (a plan
+     * may announce more), but it does not let the module call faster
+     */
+
+    if ((ngx_msec_t) n * 3000 > NGX_HTTP_DATO_DATOCMS_LIMIT * period) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "%i calls per %V in \"%V\" directive are more "
+                           "than DatoCMS allows (%d per 3s): it is only a "
+                           "cap, the module also follows the API's "
+                           "X-RateLimit-Limit", n, &every, &cmd->name,
+                           NGX_HTTP_DATO_DATOCMS_LIMIT);
     }
 
     dlcf->rate_limit = n;
@@ -1281,6 +1303,12 @@ ngx_http_dato_check_msec(ngx_conf_t *cf, void *post, void *data)
                            "it must be more than 0: %s",
                            &value[1], &value[0], bounds->zero);
         return NGX_CONF_ERROR;
+    }
+
+    if (bounds->warn && *mp > bounds->warn) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "value \"%V\" in \"%V\" directive %s",
+                           &value[1], &value[0], bounds->too_long);
     }
 
     return NGX_CONF_OK;
