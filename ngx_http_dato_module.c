@@ -741,7 +741,7 @@ ngx_http_dato_api_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * dato_api_token and dato_api_token_file set one token: both at one level
- * is a conflict, not a duplicate, as "root" and "alias" are
+ * are a conflict, not a duplicate; at different levels, the inner wins
  */
 
 static char *
