@@ -20,6 +20,22 @@
 #include "ngx_http_dato_status.h"
 
 
+/* the calls per 3 s that DatoCMS allows a token */
+#define NGX_HTTP_DATO_DATOCMS_LIMIT  60
+
+
+/*
+ * a time: why 0 is refused (NULL: 0 is accepted), and the most it may be
+ * before a warning says why it is too long (0: no warning)
+ */
+typedef struct {
+    ngx_conf_post_handler_pt      post_handler;
+    const char                   *zero;
+    ngx_msec_t                    warn;
+    const char                   *too_long;
+} ngx_http_dato_msec_bounds_t;
+
+
 static ngx_int_t ngx_http_dato_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_dato_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_dato_create_main_conf(ngx_conf_t *cf);
@@ -31,22 +47,77 @@ static char *ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dato_api_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dato_api_token(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_dato_check_token(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *token, ngx_str_t *file);
+static char *ngx_http_dato_ca_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static void ngx_http_dato_check_secret_header(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf);
+static char *ngx_http_dato_check_num(ngx_conf_t *cf, void *post, void *data);
+static char *ngx_http_dato_check_msec(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_dato_check_zone_size(ngx_conf_t *cf, void *post,
+    void *data);
+static void ngx_cdecl ngx_http_dato_conf_log_at(ngx_uint_t level,
+    ngx_conf_t *cf, ngx_http_dato_conf_at_t *at, const char *fmt, ...);
 static ngx_int_t ngx_http_dato_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dato_exit_process(ngx_cycle_t *cycle);
 
 
+/*
+ * nginx's own bounds check does not name its directive: these do, with
+ * the value, at the directive's line
+ */
+
 static ngx_conf_num_bounds_t  ngx_http_dato_batch_size_bounds = {
-    ngx_conf_check_num_bounds, 1, NGX_HTTP_DATO_BATCH_MAX
+    ngx_http_dato_check_num, 1, NGX_HTTP_DATO_BATCH_MAX
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dato_queue_size_bounds = {
+    ngx_http_dato_check_num, 1, -1
+};
+
+static ngx_conf_post_t  ngx_http_dato_zone_size_post = {
+    ngx_http_dato_check_zone_size
+};
+
+
+static ngx_http_dato_msec_bounds_t  ngx_http_dato_api_timeout_bounds = {
+    ngx_http_dato_check_msec, "a call would have no time limit", 0, NULL
+};
+
+static ngx_http_dato_msec_bounds_t  ngx_http_dato_retry_timeout_bounds = {
+    ngx_http_dato_check_msec,
+    "every record would be given up before its first call", 0, NULL
+};
+
+static ngx_http_dato_msec_bounds_t  ngx_http_dato_job_timeout_bounds = {
+    ngx_http_dato_check_msec,
+    "to follow no job, use \"dato_job_poll off\"", 0, NULL
+};
+
+/* DatoCMS waits 8 s for a webhook's answer, then counts the call failed */
+
+static ngx_http_dato_msec_bounds_t  ngx_http_dato_publish_timeout_bounds = {
+    ngx_http_dato_check_msec, NULL, 8000,
+    "is longer than DatoCMS waits for a webhook call (8s): it drops the "
+    "call and counts it as failed"
 };
 
 
@@ -86,13 +157,13 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, job_timeout),
-      NULL },
+      &ngx_http_dato_job_timeout_bounds },
 
     { ngx_string("dato_api_ca_file"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_dato_ca_file,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_dato_loc_conf_t, ca_file),
+      0,
       NULL },
 
     { ngx_string("dato_max_records"),
@@ -111,9 +182,9 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_api_token"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_dato_api_token,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_dato_loc_conf_t, token),
+      0,
       NULL },
 
     { ngx_string("dato_api_token_file"),
@@ -125,9 +196,9 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_api_url"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_dato_api_url,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_dato_loc_conf_t, api_url),
+      0,
       NULL },
 
     { ngx_string("dato_api_timeout"),
@@ -135,14 +206,14 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, api_timeout),
-      NULL },
+      &ngx_http_dato_api_timeout_bounds },
 
     { ngx_string("dato_retry_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, retry_timeout),
-      NULL },
+      &ngx_http_dato_retry_timeout_bounds },
 
     { ngx_string("dato_rate_limit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
@@ -181,24 +252,24 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_publish_wait"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_dato_wait_mode,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_dato_loc_conf_t, wait),
-      &ngx_http_dato_wait },
+      0,
+      NULL },
 
     { ngx_string("dato_publish_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dato_loc_conf_t, publish_timeout),
-      NULL },
+      &ngx_http_dato_publish_timeout_bounds },
 
     { ngx_string("dato_queue_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_dato_main_conf_t, queue_size),
-      NULL },
+      &ngx_http_dato_queue_size_bounds },
 
     { ngx_string("dato_spool_file"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -212,7 +283,7 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_dato_main_conf_t, zone_size),
-      NULL },
+      &ngx_http_dato_zone_size_post },
 
       ngx_null_command
 };
@@ -325,22 +396,15 @@ ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dato_main_conf_t *dmcf = conf;
 
+    /* the values were checked at their directives' lines */
+
     ngx_conf_init_uint_value(dmcf->queue_size, 10000);
-
-    if (dmcf->queue_size == 0) {
-        return "\"dato_queue_size\" must be at least 1";
-    }
-
     ngx_conf_init_size_value(dmcf->zone_size, NGX_HTTP_DATO_SHM_SIZE);
 
     if (dmcf->spool.len
         && ngx_conf_full_name(cf->cycle, &dmcf->spool, 0) != NGX_OK)
     {
         return NGX_CONF_ERROR;
-    }
-
-    if (dmcf->zone_size < NGX_HTTP_DATO_SHM_SIZE_MIN) {
-        return "\"dato_zone_size\" must be at least 32k";
     }
 
     if (dmcf->enabled || dmcf->status) {
@@ -402,7 +466,6 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     char                       *rv;
     uint32_t                    key;
-    ngx_file_info_t             fi;
     ngx_http_dato_target_t     *target, **tp;
     ngx_http_dato_main_conf_t  *dmcf;
 
@@ -422,6 +485,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->secret_header.data == NULL) {
         conf->secret_header = prev->secret_header;
         conf->secret = prev->secret;
+        conf->secret_at = prev->secret_at;
     }
     ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
@@ -439,24 +503,27 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
+    /*
+     * what only the merge can see, the settings of several levels
+     * together, is told at the line of "dato_publish"
+     */
+
     if (conf->token.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"dato_publish\" needs \"dato_api_token\" or "
-                           "\"dato_api_token_file\"");
+        ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->publish_at,
+                                  "\"dato_publish\" needs \"dato_api_token\" "
+                                  "or \"dato_api_token_file\"");
         return NGX_CONF_ERROR;
     }
 
     if (conf->wait == NGX_HTTP_DATO_WAIT_RESULT && !conf->job_poll) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"dato_publish_wait result\" needs "
-                           "\"dato_job_poll on\"");
+        ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->publish_at,
+                                  "\"dato_publish_wait result\" needs "
+                                  "\"dato_job_poll on\"");
         return NGX_CONF_ERROR;
     }
 
-    if (conf->api_timeout == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"dato_api_timeout\" must not be 0");
-        return NGX_CONF_ERROR;
+    if (conf->secret_header.len) {
+        ngx_http_dato_check_secret_header(cf, conf);
     }
 
     target = ngx_pcalloc(cf->pool, sizeof(ngx_http_dato_target_t));
@@ -477,20 +544,8 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->ca_file.len) {
-        if (ngx_conf_full_name(cf->cycle, &conf->ca_file, 1) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_file_info(conf->ca_file.data, &fi) == NGX_FILE_ERROR) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                               ngx_file_info_n " \"%V\" failed",
-                               &conf->ca_file);
-            return NGX_CONF_ERROR;
-        }
-
-        target->client.ca_file = conf->ca_file;
-    }
+    /* the file's full name, checked at its directive */
+    target->client.ca_file = conf->ca_file;
 
     target->client.timeout = conf->api_timeout;
     target->batch_size = conf->batch_size;
@@ -555,9 +610,18 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
-    dlcf->publish = 1;
-
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /* the last content handler would win, silently */
+
+    if (clcf->handler == ngx_http_dato_status_handler) {
+        return "is a conflict with \"dato_publish_status\"";
+    }
+
+    dlcf->publish = 1;
+    dlcf->publish_at.file = cf->conf_file->file.name;
+    dlcf->publish_at.line = cf->conf_file->line;
+
     clcf->handler = ngx_http_dato_handler;
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
@@ -570,6 +634,8 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
     ngx_http_core_loc_conf_t   *clcf;
     ngx_http_dato_main_conf_t  *dmcf;
 
@@ -579,10 +645,156 @@ ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    if (dlcf->publish) {
+        return "is a conflict with \"dato_publish\"";
+    }
+
     clcf->handler = ngx_http_dato_status_handler;
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
     dmcf->status = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The URL is checked here, at its line: the host is resolved later, in
+ * the merge, for the locations that use it.  Its user info would be sent
+ * to whatever answers, and a query or a fragment would end up in the
+ * middle of every call's URL.
+ */
+
+static char *
+ngx_http_dato_api_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    u_char      *p, *host, *last;
+    ngx_str_t   *value, url;
+    ngx_url_t    u;
+    ngx_uint_t   port;
+
+    if (dlcf->api_url.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    url = value[1];
+
+    if (url.len >= 8
+        && ngx_strncasecmp(url.data, (u_char *) "https://", 8) == 0)
+    {
+        host = url.data + 8;
+        port = 443;
+
+    } else if (url.len >= 7
+               && ngx_strncasecmp(url.data, (u_char *) "http://", 7) == 0)
+    {
+        host = url.data + 7;
+        port = 80;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must start with \"http://\" or \"https://\"",
+                           &url, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    last = url.data + url.len;
+
+    for (p = host; p < last && *p != '/'; p++) {
+
+        /* the URL is not shown: what is before "@" may be a password */
+
+        if (*p == '@') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value in \"%V\" directive, "
+                               "user info (\"user@\") is not allowed: "
+                               "the token goes in \"dato_api_token\"",
+                               &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (p = host; p < last; p++) {
+        if (*p == '?' || *p == '#') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "a %s is not allowed", &url, &cmd->name,
+                               *p == '?' ? "query string" : "fragment");
+            return NGX_CONF_ERROR;
+        }
+
+        if (*p <= ' ' || *p == 0x7f) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "spaces and control characters are not "
+                               "allowed", &url, &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (p = host; p < last && *p != '/'; p++) { /* void */ }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = host;
+    u.url.len = p - host;
+    u.default_port = port;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "%s", &url, &cmd->name, u.err);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "no host", &url, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    dlcf->api_url = url;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * dato_api_token and dato_api_token_file set one token: both at one level
+ * are a conflict, not a duplicate; at different levels, the inner wins
+ */
+
+static char *
+ngx_http_dato_api_token(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->token.data) {
+        return dlcf->token_file
+               ? "is a conflict with \"dato_api_token_file\" at this level"
+               : "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_dato_check_token(cf, &cmd->name, &value[1], NULL)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    dlcf->token = value[1];
 
     return NGX_CONF_OK;
 }
@@ -600,12 +812,14 @@ ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char           *p;
     ssize_t           n;
-    ngx_str_t        *value, name;
+    ngx_str_t        *value, name, token;
     ngx_file_t        file;
     ngx_file_info_t   fi;
 
     if (dlcf->token.data) {
-        return "is duplicate";
+        return dlcf->token_file
+               ? "is duplicate"
+               : "is a conflict with \"dato_api_token\" at this level";
     }
 
     value = cf->args->elts;
@@ -656,15 +870,16 @@ ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         n--;
     }
 
-    if (n == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"dato_api_token_file\" \"%V\" is empty", &name);
+    p[n] = '\0';
+    token.data = p;
+    token.len = n;
+
+    if (ngx_http_dato_check_token(cf, &cmd->name, &token, &name) != NGX_OK) {
         goto failed;
     }
 
-    p[n] = '\0';
-    dlcf->token.data = p;
-    dlcf->token.len = n;
+    dlcf->token = token;
+    dlcf->token_file = 1;
 
     ngx_close_file(file.fd);
 
@@ -675,6 +890,102 @@ failed:
     ngx_close_file(file.fd);
 
     return NGX_CONF_ERROR;
+}
+
+
+/*
+ * The token goes into one header line: no spaces or line breaks in it.
+ * It is a secret, so that the message never shows it.
+ */
+
+static ngx_int_t
+ngx_http_dato_check_token(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *token,
+    ngx_str_t *file)
+{
+    ngx_uint_t  i;
+
+    if (token->len == 0) {
+        if (file) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty token in \"%V\" directive, "
+                               "\"%V\" is empty", name, file);
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty token in \"%V\" directive", name);
+        }
+
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < token->len; i++) {
+        if (token->data[i] > 0x20 && token->data[i] != 0x7f) {
+            continue;
+        }
+
+        if (file) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid token in \"%V\" directive, \"%V\" "
+                               "holds spaces or control characters",
+                               name, file);
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid token in \"%V\" directive, "
+                               "it has spaces or control characters",
+                               name);
+        }
+
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the file is looked at now, so that a wrong path fails "nginx -t" */
+
+static char *
+ngx_http_dato_ca_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_str_t        *value, name;
+    ngx_file_info_t   fi;
+
+    if (dlcf->ca_file.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    name = value[1];
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"\" in \"%V\" directive",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_file_info(name.data, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           ngx_file_info_n " failed", &name, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (!ngx_is_file(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it is not a file", &name, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    dlcf->ca_file = name;
+
+    return NGX_CONF_OK;
 }
 
 
@@ -693,8 +1004,10 @@ ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (!ngx_http_dato_valid_env((char *) value[1].data, value[1].len)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid environment \"%V\": lowercase letters, "
-                           "digits and dashes only", &value[1]);
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "an environment is 1 to %d lowercase letters, "
+                           "digits and dashes", &value[1], &cmd->name,
+                           NGX_HTTP_DATO_ENV_MAX_LEN);
         return NGX_CONF_ERROR;
     }
 
@@ -728,22 +1041,26 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             /* a bulk publish sends a "publish" webhook per record */
 
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "event \"publish\" would publish in a loop: "
-                               "each publish sends a \"publish\" webhook");
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "it would publish in a loop: each publish "
+                               "sends a \"publish\" webhook",
+                               &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
 
         if (bit == NGX_HTTP_DATO_EVENT_DELETE) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "event \"delete\" cannot be published: "
-                               "the record is gone");
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "a deleted record cannot be published",
+                               &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
 
         if (bit == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "unknown event \"%V\", expected \"create\", "
-                               "\"update\" or \"unpublish\"", &value[i]);
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "expected \"create\", \"update\" or "
+                               "\"unpublish\"", &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
 
@@ -754,14 +1071,57 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* dato_webhook_secret X-Webhook-Secret value; */
+/* ngx_conf_set_enum_slot()'s message does not name the directive */
+
+static char *
+ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_str_t        *value;
+    ngx_conf_enum_t  *e;
+
+    if (dlcf->wait != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (e = ngx_http_dato_wait; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcasecmp(e->name.data, value[1].data) == 0)
+        {
+            dlcf->wait = e->value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "expected \"none\", \"job\" or \"result\"",
+                       &value[1], &cmd->name);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * dato_webhook_secret X-Webhook-Secret value;
+ *
+ * A header that no request can carry would refuse every webhook: the name
+ * is an HTTP token, and the value has no line break and no space at
+ * either end, which nginx cuts from request headers.  The value is a
+ * secret: no message shows it.
+ */
 
 static char *
 ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
+    u_char      c;
     ngx_str_t  *value;
+    ngx_uint_t  i;
 
     if (dlcf->secret_header.data) {
         return "is duplicate";
@@ -773,10 +1133,89 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "needs a header name and a value";
     }
 
+    for (i = 0; i < value[1].len; i++) {
+        c = value[1].data[i];
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+            || (c >= '0' && c <= '9')
+            || (c > 0x20 && c < 0x7f
+                && ngx_strchr("!#$%&'*+-.^_`|~", c) != NULL))
+        {
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid header name \"%V\" in \"%V\" directive",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    c = value[2].data[value[2].len - 1];
+
+    if (value[2].data[0] == ' ' || value[2].data[0] == '\t'
+        || c == ' ' || c == '\t'
+        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\r')
+        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\n'))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value in \"%V\" directive, a header "
+                           "value cannot start or end with a space, or "
+                           "hold a line break", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     dlcf->secret_header = value[1];
     dlcf->secret = value[2];
+    dlcf->secret_at.file = cf->conf_file->file.name;
+    dlcf->secret_at.line = cf->conf_file->line;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * nginx drops request headers whose names have other characters than
+ * letters, digits and "-" (and "_" with "underscores_in_headers on"),
+ * unless "ignore_invalid_headers off": this server's settings are known
+ * only now
+ */
+
+static void
+ngx_http_dato_check_secret_header(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf)
+{
+    u_char                     c;
+    ngx_uint_t                 i;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+
+    if (!cscf->ignore_invalid_headers) {
+        return;
+    }
+
+    for (i = 0; i < conf->secret_header.len; i++) {
+        c = conf->secret_header.data[i];
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+            || (c >= '0' && c <= '9') || c == '-'
+            || (c == '_' && cscf->underscores_in_headers))
+        {
+            continue;
+        }
+
+        ngx_http_dato_conf_log_at(NGX_LOG_WARN, cf, &conf->secret_at,
+                                  "header name \"%V\" in "
+                                  "\"dato_webhook_secret\" directive has "
+                                  "\"%c\", and nginx ignores such request "
+                                  "headers%s: every webhook would be "
+                                  "refused",
+                                  &conf->secret_header, c,
+                                  c == '_'
+                                  ? " without \"underscores_in_headers on\""
+                                  : " without \"ignore_invalid_headers off\"");
+        return;
+    }
 }
 
 
@@ -788,8 +1227,8 @@ ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
     ngx_int_t    n;
+    ngx_str_t   *value, every;
     ngx_msec_t   period;
-    ngx_str_t   *value;
 
     if (dlcf->rate_limit != NGX_CONF_UNSET_UINT) {
         return "is duplicate";
@@ -801,27 +1240,156 @@ ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (n < 1 || n > NGX_HTTP_DATO_RATE_MAX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid number of calls \"%V\", expected 1 to %d",
-                           &value[1], NGX_HTTP_DATO_RATE_MAX);
+                           "invalid number of calls \"%V\" in \"%V\" "
+                           "directive, expected 1 to %d",
+                           &value[1], &cmd->name, NGX_HTTP_DATO_RATE_MAX);
         return NGX_CONF_ERROR;
     }
 
     period = 3000;
+    ngx_str_set(&every, "3s");
 
     if (cf->args->nelts == 3) {
         period = ngx_parse_time(&value[2], 0);
 
         if (period == (ngx_msec_t) NGX_ERROR || period == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid period \"%V\"", &value[2]);
+                               "invalid period \"%V\" in \"%V\" directive",
+                               &value[2], &cmd->name);
             return NGX_CONF_ERROR;
         }
+
+        every = value[2];
+    }
+
+    /*
+     * DatoCMS allows 60 calls per 3 s: a cap above it is not wrong (a plan
+     * may announce more), but it does not let the module call faster
+     */
+
+    if ((ngx_msec_t) n * 3000 > NGX_HTTP_DATO_DATOCMS_LIMIT * period) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "%i calls per %V in \"%V\" directive are more "
+                           "than DatoCMS allows (%d per 3s): it is only a "
+                           "cap, the module also follows the API's "
+                           "X-RateLimit-Limit", n, &every, &cmd->name,
+                           NGX_HTTP_DATO_DATOCMS_LIMIT);
     }
 
     dlcf->rate_limit = n;
     dlcf->rate_period = period;
 
     return NGX_CONF_OK;
+}
+
+
+/* a number within bounds; "high" -1 is no upper bound, as nginx has it */
+
+static char *
+ngx_http_dato_check_num(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t  *bounds = post;
+    ngx_int_t              *np = data;
+
+    ngx_str_t  *value;
+
+    if (*np >= bounds->low && (bounds->high == -1 || *np <= bounds->high)) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    if (bounds->high == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be at least %i",
+                           &value[1], &value[0], bounds->low);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be between %i and %i",
+                           &value[1], &value[0], bounds->low, bounds->high);
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_dato_check_msec(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_http_dato_msec_bounds_t  *bounds = post;
+    ngx_msec_t                   *mp = data;
+
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    if (*mp == 0 && bounds->zero) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be more than 0: %s",
+                           &value[1], &value[0], bounds->zero);
+        return NGX_CONF_ERROR;
+    }
+
+    if (bounds->warn && *mp > bounds->warn) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "value \"%V\" in \"%V\" directive %s",
+                           &value[1], &value[0], bounds->too_long);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dato_check_zone_size(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    ngx_str_t  *value;
+
+    if (*sp >= NGX_HTTP_DATO_SHM_SIZE_MIN) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must be at least %uzk",
+                       &value[1], &value[0],
+                       (size_t) NGX_HTTP_DATO_SHM_SIZE_MIN / 1024);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * ngx_conf_log_error() at another directive's line: the merge runs when
+ * the whole http{} block has been read, and cf is at its end
+ */
+
+static void ngx_cdecl
+ngx_http_dato_conf_log_at(ngx_uint_t level, ngx_conf_t *cf,
+    ngx_http_dato_conf_at_t *at, const char *fmt, ...)
+{
+    u_char   *p, errstr[NGX_MAX_CONF_ERRSTR];
+    va_list   args;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(errstr, errstr + NGX_MAX_CONF_ERRSTR, fmt, args);
+    va_end(args);
+
+    if (at->file.data == NULL) {
+        ngx_conf_log_error(level, cf, 0, "%*s", p - errstr, errstr);
+        return;
+    }
+
+    ngx_log_error(level, cf->log, 0, "%*s in %V:%ui",
+                  p - errstr, errstr, &at->file, at->line);
 }
 
 

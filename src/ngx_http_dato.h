@@ -29,6 +29,13 @@
 #define NGX_HTTP_DATO_WAIT_RESULT  2
 
 
+/* a directive's place in the configuration, for what the merge checks */
+typedef struct {
+    ngx_str_t                     file;
+    ngx_uint_t                    line;
+} ngx_http_dato_conf_at_t;
+
+
 typedef struct {
     ngx_uint_t                    queue_size;
     size_t                        zone_size;
@@ -53,9 +60,12 @@ typedef struct {
 
 typedef struct {
     ngx_flag_t                    publish;
+    ngx_http_dato_conf_at_t       publish_at;
 
     ngx_str_t                     api_url;
     ngx_str_t                     token;
+    /* the token was read by dato_api_token_file, not dato_api_token */
+    ngx_flag_t                    token_file;
     ngx_str_t                     environment;
     ngx_msec_t                    api_timeout;
     ngx_msec_t                    retry_timeout;
@@ -71,6 +81,7 @@ typedef struct {
     /* dato_webhook_secret: the header a call must carry, and its value */
     ngx_str_t                     secret_header;
     ngx_str_t                     secret;
+    ngx_http_dato_conf_at_t       secret_at;
 
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;

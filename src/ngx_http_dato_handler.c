@@ -189,6 +189,7 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
 {
+    u_char                      detail[128];
     ngx_int_t                   rc;
     ngx_str_t                   env;
     ngx_http_dato_ctx_t        *ctx;
@@ -198,6 +199,25 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
+
+    /*
+     * more records than a worker's queue can ever hold: a 503 would be
+     * retried forever, as the queue frees and the webhook still does not fit
+     */
+
+    if (res->nids > dmcf->queue_size) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "dato: %uz records refused: more than "
+                      "dato_queue_size %ui", res->nids, dmcf->queue_size);
+
+        ngx_snprintf(detail, sizeof(detail),
+                     "%uz records, more than the %ui that the publish "
+                     "queue can hold%Z", res->nids, dmcf->queue_size);
+
+        return ngx_http_dato_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "too many records", (char *) detail,
+                                   NULL);
+    }
 
     if (dmcf->batcher == NULL) {
 

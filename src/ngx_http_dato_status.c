@@ -25,6 +25,7 @@ typedef struct {
 } ngx_http_dato_metric_t;
 
 
+static ngx_uint_t ngx_http_dato_status_capacity(ngx_http_request_t *r);
 static ngx_buf_t *ngx_http_dato_status_json(ngx_http_request_t *r,
     ngx_http_dato_snapshot_t *snap);
 static ngx_buf_t *ngx_http_dato_status_prometheus(ngx_http_request_t *r,
@@ -208,6 +209,30 @@ ngx_http_dato_status_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * The most records that the workers hold at once, dato_queue_size each,
+ * so that an alert can tell a queue that fills: records.queued is the sum
+ * of all workers' queues.  One worker may fill before the others.
+ */
+
+static ngx_uint_t
+ngx_http_dato_status_capacity(ngx_http_request_t *r)
+{
+    ngx_core_conf_t            *ccf;
+    ngx_http_dato_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+
+    if (ccf->master && ccf->worker_processes > 1) {
+        return dmcf->queue_size * ccf->worker_processes;
+    }
+
+    return dmcf->queue_size;
+}
+
+
 static ngx_buf_t *
 ngx_http_dato_status_json(ngx_http_request_t *r,
     ngx_http_dato_snapshot_t *snap)
@@ -233,6 +258,9 @@ ngx_http_dato_status_json(ngx_http_request_t *r,
 
         ngx_http_dato_status_set(root, m->path, v);
     }
+
+    ngx_http_dato_status_set(root, "records.capacity",
+                  json_integer((json_int_t) ngx_http_dato_status_capacity(r)));
 
     ngx_http_dato_status_set(root, "rate_limit.pause_ms",
                              json_integer((json_int_t) snap->rate.pause));
@@ -406,6 +434,14 @@ ngx_http_dato_status_prometheus(ngx_http_request_t *r,
             p = ngx_slprintf(p, last, "%uA\n", snap->stats[m->stat]);
         }
     }
+
+    p = ngx_slprintf(p, last,
+                     "# HELP dato_records_queue_capacity Records the "
+                     "workers hold at most: dato_queue_size times the "
+                     "worker processes.\n"
+                     "# TYPE dato_records_queue_capacity gauge\n"
+                     "dato_records_queue_capacity %ui\n",
+                     ngx_http_dato_status_capacity(r));
 
     p = ngx_slprintf(p, last,
                      "# HELP dato_rate_limit_pause_seconds Time left in "

@@ -90,11 +90,13 @@ check_fail('dato_api_token_file with only a newline', qr/empty/,
            loc => "dato_publish; dato_api_url $API;"
                   . " dato_api_token_file %%TMP%%/token.blank;");
 
-check_fail('token then token_file at one level', qr/is duplicate/,
+check_fail('token then token_file at one level',
+           qr/"dato_api_token_file" directive is a conflict with "dato_api_token"/,
            loc => "dato_publish; dato_api_url $API; dato_api_token a;"
                   . " dato_api_token_file %%TMP%%/token.good;");
 
-check_fail('token_file then token at one level', qr/is duplicate/,
+check_fail('token_file then token at one level',
+           qr/"dato_api_token" directive is a conflict with "dato_api_token_file"/,
            loc => "dato_publish; dato_api_url $API;"
                   . " dato_api_token_file %%TMP%%/token.good; dato_api_token a;");
 

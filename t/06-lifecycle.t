@@ -468,6 +468,18 @@ EOF
        && ($e->{title} // '') =~ /\S/ && ($e->{detail} // '') =~ /\S/,
        'queue full: {"errors":[{"status":"503",title,detail}]}') or diag $r->{body};
 
+    # more than the queue can ever hold: 413, not a 503 retried forever
+    my @eleven = ids_of(6500, 11);
+    $r = $t->post_json('/hook', { ids => \@eleven });
+    is($r->{status}, 413, 'queue full: 11 ids with dato_queue_size 10: 413')
+        or diag $r->{raw};
+    push @refused, @eleven unless $r->{status} == 202;
+    ok(!defined $r->{headers}{'retry-after'}, 'queue full: 413 without Retry-After');
+    is($r->{body}, '{"errors":[{"status":"413","title":"too many records",'
+                   . '"detail":"11 records, more than the 10 that the publish'
+                   . ' queue can hold"}]}' . "\n",
+       'queue full: the 413 names the records and dato_queue_size');
+
     my @four = ids_of(6200, 4);
     $r = $t->post_json('/hook', { ids => \@four });
     is($r->{status}, 202, 'queue full: 4 ids (6 + 4 = 10): 202') or diag $r->{raw};

@@ -123,6 +123,13 @@ my %files = map { $_ => 1 } split /\n/, $files;
 ok($files{$SO}, "dpkg -L lists $SO") or diag $files;
 ok($files{$SNIPPET}, "dpkg -L lists $SNIPPET") or diag $files;
 ok(-f $SO, 'module installed');
+
+# the monitoring of contrib/, as docs, not gzipped: tools read them
+for my $doc (qw(contrib/grafana/dato.json contrib/prometheus/dato-rules.yml)) {
+    my $path = "/usr/share/doc/$PKG/$doc";
+    ok($files{$path}, "dpkg -L lists $path") or diag $files;
+    is(slurp($path), slurp("$REPO/$doc"), "$path is the repository's $doc");
+}
 is(slurp($SNIPPET), "load_module modules/ngx_http_dato_module.so;\n",
    'the snippet loads the module from the modules directory');
 

@@ -252,6 +252,23 @@ sub with_secret {
     is(scalar(grep { /\Q$SECRET\E/ } @seen), 0, 'secret: no response carries the secret');
 }
 
+# the JSON 401: the module's error shape, byte for byte, and counted on the
+# status page as webhooks.rejected.401
+{
+    my $before = $t->json_request(method => 'GET', path => '/status')->{json};
+    my $r = with_secret('X-Webhook-Secret', 'wrong', $A);
+    is($r->{status}, 401, 'secret: 401');
+    is($r->{body}, '{"errors":[{"status":"401","title":"unauthorized",'
+                   . '"detail":"the webhook secret is missing or wrong"}]}' . "\n",
+       'secret: the 401 body is {"errors":[{"status","title","detail"}]}');
+    ok(!exists $r->{headers}{'www-authenticate'},
+       'secret: no WWW-Authenticate (not an HTTP authentication scheme)');
+    my $after = $t->json_request(method => 'GET', path => '/status')->{json};
+    is(($after->{webhooks}{rejected}{401} // 0)
+       - ($before->{webhooks}{rejected}{401} // 0), 1,
+       'secret: counted in webhooks.rejected.401');
+}
+
 ###########################################################################
 # dato_max_records
 
