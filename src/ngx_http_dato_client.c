@@ -389,8 +389,8 @@ ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
         curl_easy_setopt(easy, CURLOPT_RESOLVE, call->resolve);
     }
 
-    rc = ngx_http_dato_curl_start(bridge, easy, ngx_http_dato_client_done,
-                                  call);
+    rc = ngx_http_dato_curl_start(bridge, easy, NULL,
+                                  ngx_http_dato_client_done, call);
 
     if (rc != NGX_OK) {
         curl_easy_cleanup(easy);
