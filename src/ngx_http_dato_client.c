@@ -53,6 +53,8 @@ static ngx_int_t ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
 static void ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
     json_t *data);
 static void ngx_http_dato_client_free(ngx_http_dato_client_call_t *call);
+static int ngx_http_dato_client_no_dns(void *state, void *reserved,
+    void *data);
 
 
 static ngx_str_t  ngx_http_dato_client_headers[] = {
@@ -66,13 +68,16 @@ static ngx_str_t  ngx_http_dato_client_headers[] = {
 
 /*
  * Everything a call needs is made once, here: the URL, the Authorization
- * header, and the API host's addresses, resolved now as proxy_pass does,
- * so that a worker never waits on DNS.
+ * header, and how the API host is found.  A worker never waits on DNS:
+ * with a "resolver", nginx's resolver finds the host before each call, as
+ * for proxy_pass with variables; without one, the host is resolved now,
+ * as proxy_pass does with a static host.
  */
 
 char *
 ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
-    ngx_str_t *api_url, ngx_str_t *token)
+    ngx_str_t *api_url, ngx_str_t *token, ngx_resolver_t *resolver,
+    ngx_msec_t resolver_timeout)
 {
     u_char      *p, *last, *host, *end, text[NGX_SOCKADDR_STRLEN];
     size_t       len, size;
@@ -154,6 +159,7 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     u.url.data = host;
     u.url.len = end - host;
     u.default_port = https ? 443 : 80;
+    u.no_resolve = 1;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
@@ -167,11 +173,43 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     /* an IP literal needs no name resolution */
 
     if (u.host.len == 0 || u.host.data[0] == '['
-        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE
-        || u.naddrs == 0)
+        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE)
     {
         ngx_str_null(&cc->resolve);
         return NGX_CONF_OK;
+    }
+
+    /* the "resolver" of the location; without one nginx has a dummy */
+
+    if (resolver && resolver->connections.nelts) {
+        if (u.host.len > NGX_HTTP_DATO_CURL_NAME_MAX) {
+            return "has a host name too long";
+        }
+
+        /* lowercase, as nginx's resolver would make it in place */
+
+        cc->host.name.data = ngx_pnalloc(cf->pool, u.host.len);
+        if (cc->host.name.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_strlow(cc->host.name.data, u.host.data, u.host.len);
+        cc->host.name.len = u.host.len;
+
+        cc->host.port = u.port;
+        cc->host.resolver = resolver;
+
+        /* the call's timeout bounds its resolution too */
+        cc->host.timeout = ngx_min(resolver_timeout, cc->timeout);
+
+        ngx_str_null(&cc->resolve);
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "host not found in dato_api_url \"%V\"", &url);
+        return NGX_CONF_ERROR;
     }
 
     size = u.host.len + sizeof(":65535:")
@@ -389,7 +427,19 @@ ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
         curl_easy_setopt(easy, CURLOPT_RESOLVE, call->resolve);
     }
 
-    rc = ngx_http_dato_curl_start(bridge, easy, NULL,
+    if (cc->resolve.len || cc->host.resolver) {
+
+        /*
+         * every name curl needs is in its cache: one that is not would
+         * have curl resolve it itself, blocking or in a thread
+         */
+
+        curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION,
+                         ngx_http_dato_client_no_dns);
+    }
+
+    rc = ngx_http_dato_curl_start(bridge, easy,
+                                  cc->host.resolver ? &cc->host : NULL,
                                   ngx_http_dato_client_done, call);
 
     if (rc != NGX_OK) {
@@ -723,4 +773,11 @@ ngx_http_dato_client_free(ngx_http_dato_client_call_t *call)
     }
 
     ngx_free(call);
+}
+
+
+static int
+ngx_http_dato_client_no_dns(void *state, void *reserved, void *data)
+{
+    return 1;
 }
