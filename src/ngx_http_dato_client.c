@@ -15,6 +15,9 @@
 /* answers are small JSON documents; anything past this is not read */
 #define NGX_HTTP_DATO_ANSWER_MAX  16384
 
+/* how often, in seconds, refusals for want of the API host are logged */
+#define NGX_HTTP_DATO_UNRESOLVED_LOG  10
+
 
 typedef struct {
     ngx_http_dato_client_done_pt    done;
@@ -206,10 +209,21 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
         return NGX_CONF_OK;
     }
 
+    /*
+     * A host not found now is not worth stopping nginx for, and every
+     * site it serves: the location refuses webhooks until a reload.
+     */
+
     if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "host not found in dato_api_url \"%V\"", &url);
-        return NGX_CONF_ERROR;
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "host not found in dato_api_url \"%V\": webhooks "
+                           "are answered 503 until a reload finds it; "
+                           "a \"resolver\" would look it up at run time",
+                           &url);
+
+        cc->unresolved = 1;
+        ngx_str_null(&cc->resolve);
+        return NGX_CONF_OK;
     }
 
     size = u.host.len + sizeof(":65535:")
@@ -242,6 +256,33 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     cc->resolve.len = p - cc->resolve.data;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A host that was not found when the configuration was read, and that no
+ * resolver looks up later: no call can be made until a reload finds it.
+ * Said at error level, but not for every webhook.
+ */
+
+ngx_int_t
+ngx_http_dato_client_ready(ngx_http_dato_client_conf_t *cc, ngx_log_t *log)
+{
+    if (!cc->unresolved) {
+        return NGX_OK;
+    }
+
+    if (ngx_time() - cc->unresolved_logged >= NGX_HTTP_DATO_UNRESOLVED_LOG) {
+        cc->unresolved_logged = ngx_time();
+
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "dato: the host of dato_api_url \"%V\" was not found "
+                      "when the configuration was read: webhooks are "
+                      "answered 503 until a reload finds it",
+                      &cc->base_url);
+    }
+
+    return NGX_DECLINED;
 }
 
 
