@@ -467,6 +467,7 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     char                       *rv;
     uint32_t                    key;
     ngx_http_dato_target_t     *target, **tp;
+    ngx_http_core_loc_conf_t   *clcf;
     ngx_http_dato_main_conf_t  *dmcf;
 
     ngx_conf_merge_str_value(conf->api_url, prev->api_url,
@@ -531,8 +532,15 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    target->client.timeout = conf->api_timeout;
+
+    /* the core module's merge is done: its resolver is this location's */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
     rv = ngx_http_dato_client_conf_init(cf, &target->client, &conf->api_url,
-                                        &conf->token);
+                                        &conf->token, clcf->resolver,
+                                        clcf->resolver_timeout);
 
     if (rv != NGX_CONF_OK) {
         if (rv != NGX_CONF_ERROR) {
@@ -547,7 +555,6 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* the file's full name, checked at its directive */
     target->client.ca_file = conf->ca_file;
 
-    target->client.timeout = conf->api_timeout;
     target->batch_size = conf->batch_size;
     target->batch_window = conf->batch_window;
     target->retry_timeout = conf->retry_timeout;

@@ -15,6 +15,9 @@
 /* answers are small JSON documents; anything past this is not read */
 #define NGX_HTTP_DATO_ANSWER_MAX  16384
 
+/* how often, in seconds, refusals for want of the API host are logged */
+#define NGX_HTTP_DATO_UNRESOLVED_LOG  10
+
 
 typedef struct {
     ngx_http_dato_client_done_pt    done;
@@ -60,6 +63,8 @@ static void ngx_http_dato_client_job_read(ngx_http_dato_client_result_t *res,
     json_t *data);
 static ngx_uint_t ngx_http_dato_client_count(json_t *v, ngx_int_t max);
 static void ngx_http_dato_client_free(ngx_http_dato_client_call_t *call);
+static int ngx_http_dato_client_no_dns(void *state, void *reserved,
+    void *data);
 
 
 static ngx_str_t  ngx_http_dato_client_headers[] = {
@@ -73,13 +78,16 @@ static ngx_str_t  ngx_http_dato_client_headers[] = {
 
 /*
  * Everything a call needs is made once, here: the URL, the Authorization
- * header, and the API host's addresses, resolved now as proxy_pass does,
- * so that a worker never waits on DNS.
+ * header, and how the API host is found.  A worker never waits on DNS:
+ * with a "resolver", nginx's resolver finds the host before each call, as
+ * for proxy_pass with variables; without one, the host is resolved now,
+ * as proxy_pass does with a static host.
  */
 
 char *
 ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
-    ngx_str_t *api_url, ngx_str_t *token)
+    ngx_str_t *api_url, ngx_str_t *token, ngx_resolver_t *resolver,
+    ngx_msec_t resolver_timeout)
 {
     u_char      *p, *last, *host, *end, text[NGX_SOCKADDR_STRLEN];
     size_t       len, size;
@@ -155,6 +163,7 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     u.url.data = host;
     u.url.len = end - host;
     u.default_port = https ? 443 : 80;
+    u.no_resolve = 1;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
@@ -168,9 +177,52 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     /* an IP literal needs no name resolution */
 
     if (u.host.len == 0 || u.host.data[0] == '['
-        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE
-        || u.naddrs == 0)
+        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE)
     {
+        ngx_str_null(&cc->resolve);
+        return NGX_CONF_OK;
+    }
+
+    /* the "resolver" of the location; without one nginx has a dummy */
+
+    if (resolver && resolver->connections.nelts) {
+        if (u.host.len > NGX_HTTP_DATO_CURL_NAME_MAX) {
+            return "has a host name too long";
+        }
+
+        /* lowercase, as nginx's resolver would make it in place */
+
+        cc->host.name.data = ngx_pnalloc(cf->pool, u.host.len);
+        if (cc->host.name.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_strlow(cc->host.name.data, u.host.data, u.host.len);
+        cc->host.name.len = u.host.len;
+
+        cc->host.port = u.port;
+        cc->host.resolver = resolver;
+
+        /* the call's timeout bounds its resolution too */
+        cc->host.timeout = ngx_min(resolver_timeout, cc->timeout);
+
+        ngx_str_null(&cc->resolve);
+        return NGX_CONF_OK;
+    }
+
+    /*
+     * A host not found now is not worth stopping nginx for, and every
+     * site it serves: the location refuses webhooks until a reload.
+     */
+
+    if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "host not found in dato_api_url \"%V\": webhooks "
+                           "are answered 503 until a reload finds it; "
+                           "a \"resolver\" would look it up at run time",
+                           &url);
+
+        cc->unresolved = 1;
         ngx_str_null(&cc->resolve);
         return NGX_CONF_OK;
     }
@@ -205,6 +257,33 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     cc->resolve.len = p - cc->resolve.data;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A host that was not found when the configuration was read, and that no
+ * resolver looks up later: no call can be made until a reload finds it.
+ * Said at error level, but not for every webhook.
+ */
+
+ngx_int_t
+ngx_http_dato_client_ready(ngx_http_dato_client_conf_t *cc, ngx_log_t *log)
+{
+    if (!cc->unresolved) {
+        return NGX_OK;
+    }
+
+    if (ngx_time() - cc->unresolved_logged >= NGX_HTTP_DATO_UNRESOLVED_LOG) {
+        cc->unresolved_logged = ngx_time();
+
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "dato: the host of dato_api_url \"%V\" was not found "
+                      "when the configuration was read: webhooks are "
+                      "answered 503 until a reload finds it",
+                      &cc->base_url);
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -390,8 +469,20 @@ ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
         curl_easy_setopt(easy, CURLOPT_RESOLVE, call->resolve);
     }
 
-    rc = ngx_http_dato_curl_start(bridge, easy, ngx_http_dato_client_done,
-                                  call);
+    if (cc->resolve.len || cc->host.resolver) {
+
+        /*
+         * every name curl needs is in its cache: one that is not would
+         * have curl resolve it itself, blocking or in a thread
+         */
+
+        curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION,
+                         ngx_http_dato_client_no_dns);
+    }
+
+    rc = ngx_http_dato_curl_start(bridge, easy,
+                                  cc->host.resolver ? &cc->host : NULL,
+                                  ngx_http_dato_client_done, call);
 
     if (rc != NGX_OK) {
         curl_easy_cleanup(easy);
@@ -840,4 +931,11 @@ ngx_http_dato_client_free(ngx_http_dato_client_call_t *call)
     }
 
     ngx_free(call);
+}
+
+
+static int
+ngx_http_dato_client_no_dns(void *state, void *reserved, void *data)
+{
+    return 1;
 }

@@ -34,9 +34,21 @@ typedef struct {
     ngx_str_t                   base_url;        /* no trailing slash */
     ngx_str_t                   publish_url;     /* NUL-terminated */
     ngx_str_t                   authorization;   /* NUL-terminated */
-    ngx_str_t                   resolve;         /* NUL-terminated or empty */
     ngx_str_t                   ca_file;         /* NUL-terminated or empty */
     ngx_msec_t                  timeout;
+
+    /*
+     * The API host: with a "resolver", resolved before each call (host);
+     * without, resolved once when the configuration is read (resolve, a
+     * CURLOPT_RESOLVE entry, NUL-terminated), or not found then
+     * (unresolved).  An IP literal needs neither.
+     */
+    ngx_http_dato_curl_host_t   host;
+    ngx_str_t                   resolve;
+    unsigned                    unresolved:1;
+
+    /* per worker: when a refusal for want of the host was last logged */
+    time_t                      unresolved_logged;
 } ngx_http_dato_client_conf_t;
 
 
@@ -93,7 +105,10 @@ typedef void (*ngx_http_dato_client_done_pt)(void *data,
 
 
 char *ngx_http_dato_client_conf_init(ngx_conf_t *cf,
-    ngx_http_dato_client_conf_t *cc, ngx_str_t *api_url, ngx_str_t *token);
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *api_url, ngx_str_t *token,
+    ngx_resolver_t *resolver, ngx_msec_t resolver_timeout);
+ngx_int_t ngx_http_dato_client_ready(ngx_http_dato_client_conf_t *cc,
+    ngx_log_t *log);
 ngx_int_t ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
     ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,

@@ -16,6 +16,22 @@ typedef struct {
     CURL                        *easy;
     ngx_http_dato_curl_done_pt   done;
     void                        *data;
+    ngx_http_dato_curl_t        *bridge;
+
+    /* the resolution the transfer waits for before it is in the multi */
+    ngx_http_dato_curl_host_t   *host;
+    ngx_resolver_ctx_t          *ctx;
+
+    /* where curl connects; it reads these lists while the transfer runs */
+    struct curl_slist           *resolve;
+    struct curl_slist           *connect_to;
+
+    /* a resolution that failed at once is told from the event loop */
+    ngx_event_t                  failed;
+    CURLcode                     rc;
+
+    unsigned                     added:1;
+    unsigned                     starting:1;
 } ngx_http_dato_curl_xfer_t;
 
 
@@ -47,6 +63,14 @@ static curl_socket_t ngx_http_dato_curl_open(void *clientp,
 static int ngx_http_dato_curl_close(void *clientp, curl_socket_t s);
 static void ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge,
     curl_socket_t s);
+static ngx_int_t ngx_http_dato_curl_add(ngx_http_dato_curl_xfer_t *xfer);
+static ngx_int_t ngx_http_dato_curl_resolve(ngx_http_dato_curl_xfer_t *xfer,
+    ngx_http_dato_curl_host_t *host);
+static void ngx_http_dato_curl_resolved(ngx_resolver_ctx_t *ctx);
+static CURLcode ngx_http_dato_curl_point(ngx_http_dato_curl_xfer_t *xfer,
+    ngx_resolver_ctx_t *ctx);
+static void ngx_http_dato_curl_fail(ngx_event_t *ev);
+static void ngx_http_dato_curl_free(ngx_http_dato_curl_xfer_t *xfer);
 static void ngx_http_dato_curl_event_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_timer_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_done(ngx_http_dato_curl_t *bridge);
@@ -134,19 +158,22 @@ ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge)
 
 ngx_int_t
 ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
-    ngx_http_dato_curl_done_pt done, void *data)
+    ngx_http_dato_curl_host_t *host, ngx_http_dato_curl_done_pt done,
+    void *data)
 {
+    ngx_int_t                   rc;
     ngx_http_dato_curl_xfer_t  *xfer;
 
     if (bridge->aborted) {
         return NGX_DECLINED;
     }
 
-    xfer = ngx_alloc(sizeof(ngx_http_dato_curl_xfer_t), bridge->log);
+    xfer = ngx_calloc(sizeof(ngx_http_dato_curl_xfer_t), bridge->log);
     if (xfer == NULL) {
         return NGX_ERROR;
     }
 
+    xfer->bridge = bridge;
     xfer->easy = easy;
     xfer->done = done;
     xfer->data = data;
@@ -165,14 +192,272 @@ ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
                      ngx_http_dato_curl_open);
     curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, bridge);
 
-    if (curl_multi_add_handle(bridge->multi, easy) != CURLM_OK) {
-        ngx_free(xfer);
+    if (host && host->resolver) {
+        rc = ngx_http_dato_curl_resolve(xfer, host);
+
+    } else {
+        rc = ngx_http_dato_curl_add(xfer);
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_dato_curl_free(xfer);
         return NGX_ERROR;
     }
 
     ngx_queue_insert_tail(&bridge->xfers, &xfer->queue);
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dato_curl_add(ngx_http_dato_curl_xfer_t *xfer)
+{
+    if (curl_multi_add_handle(xfer->bridge->multi, xfer->easy) != CURLM_OK) {
+        return NGX_ERROR;
+    }
+
+    xfer->added = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * As proxy_pass with variables does: nginx's resolver answers from its
+ * cache while the answer is valid ("valid=" or the TTL), and asks the
+ * name servers otherwise, without blocking; the transfer waits meanwhile.
+ */
+
+static ngx_int_t
+ngx_http_dato_curl_resolve(ngx_http_dato_curl_xfer_t *xfer,
+    ngx_http_dato_curl_host_t *host)
+{
+    ngx_resolver_ctx_t  *ctx;
+
+    /* host names only come here: no IP literal to check first */
+
+    ctx = ngx_resolve_start(host->resolver, NULL);
+
+    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+        return NGX_ERROR;
+    }
+
+    ctx->name = host->name;
+    ctx->handler = ngx_http_dato_curl_resolved;
+    ctx->data = xfer;
+    ctx->timeout = host->timeout;
+
+    xfer->host = host;
+    xfer->ctx = ctx;
+    xfer->starting = 1;
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+
+        /* nginx has freed the context */
+
+        xfer->ctx = NULL;
+        return NGX_ERROR;
+    }
+
+    xfer->starting = 0;
+
+    if (xfer->ctx) {
+
+        /* a query is out: ngx_http_dato_curl_resolved() goes on */
+        return NGX_OK;
+    }
+
+    /* nginx's cache has answered, inside ngx_resolve_name() */
+
+    if (xfer->rc == CURLE_OK) {
+        return ngx_http_dato_curl_add(xfer);
+    }
+
+    /* the caller learns of a failure through its callback, as of others */
+
+    xfer->failed.handler = ngx_http_dato_curl_fail;
+    xfer->failed.data = xfer;
+    xfer->failed.log = xfer->bridge->log;
+
+    ngx_post_event(&xfer->failed, &ngx_posted_events);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_dato_curl_resolved(ngx_resolver_ctx_t *ctx)
+{
+    ngx_http_dato_curl_xfer_t  *xfer = ctx->data;
+
+    xfer->rc = ngx_http_dato_curl_point(xfer, ctx);
+
+    ngx_resolve_name_done(ctx);
+    xfer->ctx = NULL;
+
+    if (xfer->starting) {
+        return;
+    }
+
+    if (xfer->rc == CURLE_OK) {
+        if (ngx_http_dato_curl_add(xfer) == NGX_OK) {
+            return;
+        }
+
+        xfer->rc = CURLE_OUT_OF_MEMORY;
+    }
+
+    ngx_http_dato_curl_finish(xfer->bridge, xfer, xfer->rc);
+}
+
+
+/*
+ * curl is told to connect to "KEY.NAME", which CURLOPT_RESOLVE maps to
+ * the addresses found, KEY being a hash of them.  curl reuses a kept-alive
+ * connection only for the same connect-to name: when the addresses change,
+ * calls go to the new ones at once, and the old connections idle out.
+ * The Host header, SNI and certificate checks stay with the URL's host.
+ */
+
+static CURLcode
+ngx_http_dato_curl_point(ngx_http_dato_curl_xfer_t *xfer,
+    ngx_resolver_ctx_t *ctx)
+{
+    u_char                     *buf, *list, *p;
+    u_char                      to[sizeof("::12345678.:")
+                                   + NGX_HTTP_DATO_CURL_NAME_MAX];
+    size_t                      len, room;
+    uint32_t                    key;
+    ngx_uint_t                  i, level, v6;
+    ngx_log_t                  *log;
+    ngx_http_dato_curl_host_t  *host;
+
+    host = xfer->host;
+    log = xfer->bridge->log;
+
+    if (ctx->state) {
+
+        /* once per outage, not once per call */
+
+        if (!host->failed) {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "dato: \"%V\" could not be resolved (%i: %s); "
+                          "calls to it fail until it is",
+                          &host->name, ctx->state,
+                          ngx_resolver_strerror(ctx->state));
+            host->failed = 1;
+
+        } else {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                           "dato: \"%V\" still not resolved: %s",
+                           &host->name, ngx_resolver_strerror(ctx->state));
+        }
+
+        return CURLE_COULDNT_RESOLVE_HOST;
+    }
+
+    /* the list is written after room for "+KEY.NAME:PORT:", then moved */
+
+    room = sizeof("+12345678.:65535:") - 1 + host->name.len;
+
+    buf = ngx_alloc(room + ctx->naddrs * (NGX_SOCKADDR_STRLEN + 3) + 1, log);
+    if (buf == NULL) {
+        return CURLE_OUT_OF_MEMORY;
+    }
+
+    list = buf + room;
+    p = list;
+    key = 0;
+
+    for (i = 0; i < ctx->naddrs; i++) {
+        v6 = (ctx->addrs[i].sockaddr->sa_family == AF_INET6);
+
+        if (i) {
+            *p++ = ',';
+        }
+
+        if (v6) {
+            *p++ = '[';
+        }
+
+        len = ngx_sock_ntop(ctx->addrs[i].sockaddr, ctx->addrs[i].socklen,
+                            p, NGX_SOCKADDR_STRLEN, 0);
+
+        /* a sum: nginx hands out the same addresses in turning orders */
+
+        key += ngx_crc32_short(p, len);
+        p += len;
+
+        if (v6) {
+            *p++ = ']';
+        }
+    }
+
+    len = p - list;
+
+    p = ngx_sprintf(buf, "+%08xD.%V:%d:", key, &host->name, (int) host->port);
+    p = ngx_movemem(p, list, len);
+    *p = '\0';
+
+    list = p - len;
+
+    if (host->failed || key != host->key) {
+        level = host->failed ? NGX_LOG_WARN
+                             : host->key ? NGX_LOG_NOTICE : NGX_LOG_INFO;
+
+        ngx_log_error(level, log, 0, "dato: \"%V\" %s %*s",
+                      &host->name,
+                      host->failed ? "is resolved again, to" : "resolves to",
+                      len, list);
+
+        host->failed = 0;
+        host->key = key;
+    }
+
+    (void) ngx_sprintf(to, "::%08xD.%V:%Z", key, &host->name);
+
+    /* "+": curl's cache forgets the entry, so that it holds no old ones */
+
+    xfer->resolve = curl_slist_append(NULL, (char *) buf);
+    xfer->connect_to = curl_slist_append(NULL, (char *) to);
+
+    ngx_free(buf);
+
+    if (xfer->resolve == NULL || xfer->connect_to == NULL) {
+        return CURLE_OUT_OF_MEMORY;
+    }
+
+    curl_easy_setopt(xfer->easy, CURLOPT_RESOLVE, xfer->resolve);
+    curl_easy_setopt(xfer->easy, CURLOPT_CONNECT_TO, xfer->connect_to);
+
+    return CURLE_OK;
+}
+
+
+static void
+ngx_http_dato_curl_fail(ngx_event_t *ev)
+{
+    ngx_http_dato_curl_xfer_t  *xfer = ev->data;
+
+    ngx_http_dato_curl_finish(xfer->bridge, xfer, xfer->rc);
+}
+
+
+/* a transfer that never ran: the caller owns its handle again */
+
+static void
+ngx_http_dato_curl_free(ngx_http_dato_curl_xfer_t *xfer)
+{
+    if (xfer->resolve) {
+        curl_slist_free_all(xfer->resolve);
+    }
+
+    if (xfer->connect_to) {
+        curl_slist_free_all(xfer->connect_to);
+    }
+
+    ngx_free(xfer);
 }
 
 
@@ -417,19 +702,47 @@ ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
 {
     CURL                        *easy;
     void                        *data;
+    struct curl_slist           *resolve, *connect_to;
     ngx_http_dato_curl_done_pt   done;
+
+    if (xfer->ctx) {
+
+        /* aborted while resolving: nginx forgets the context */
+
+        ngx_resolve_name_done(xfer->ctx);
+        xfer->ctx = NULL;
+    }
+
+    if (xfer->failed.posted) {
+        ngx_delete_posted_event(&xfer->failed);
+    }
 
     easy = xfer->easy;
     done = xfer->done;
     data = xfer->data;
+    resolve = xfer->resolve;
+    connect_to = xfer->connect_to;
 
     ngx_queue_remove(&xfer->queue);
+
+    if (xfer->added) {
+        curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
+        curl_multi_remove_handle(bridge->multi, easy);
+    }
+
     ngx_free(xfer);
 
-    curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
-    curl_multi_remove_handle(bridge->multi, easy);
-
     done(data, easy, rc);
+
+    /* the lists outlive the handle, which the callee has cleaned up */
+
+    if (resolve) {
+        curl_slist_free_all(resolve);
+    }
+
+    if (connect_to) {
+        curl_slist_free_all(connect_to);
+    }
 }
 
 

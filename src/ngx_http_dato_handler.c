@@ -234,6 +234,24 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (ngx_http_dato_client_ready(&dlcf->target->client, r->connection->log)
+        != NGX_OK)
+    {
+        /* nothing is queued that could not be sent: the sender retries */
+
+        if (ngx_http_dato_add_header(r, "Retry-After",
+                                     NGX_HTTP_DATO_RETRY_AFTER)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "API host not found",
+                                   "the DatoCMS API host could not be "
+                                   "resolved, try again later", NULL);
+    }
+
     if (dlcf->environment.len) {
         env = dlcf->environment;
 

@@ -56,6 +56,22 @@ package DatoTest;
 #                          failed, successful, status, code (added for
 #                          t/17-refused.t)
 #
+# A second mock, on another loopback address: another harness object, used
+# for its mock only, with start_mock('--host', '127.0.0.2', '--port', $p);
+# its control calls and mock_url() then use that address.
+#
+# A DNS server of the test's own (t/dns/dns.pl, UDP on 127.0.0.1), for
+# "resolver 127.0.0.1:PORT":
+#
+#   $t->start_dns(%zone)   starts it, answering from %zone (as dns_set());
+#                          returns its port, also $t->dns_port
+#   $t->dns_set(%zone)     the answers from now on: name => [addresses],
+#                          or 'nxdomain', 'servfail', 'drop' (no answer);
+#                          '*' for any other name; unnamed names: NXDOMAIN
+#   $t->dns_queries        the queries so far: hashes with t, name, type,
+#                          answer (addresses joined by ",", "-" or a kind)
+#   $t->stop_dns           stops it (DNS down: queries go unanswered)
+#
 # Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
 # nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
 # dir), TEST_NGINX_USE_VALGRIND, TEST_NGINX_MASTER=off,
@@ -573,7 +589,10 @@ sub start_mock {
     die "mock script $self->{mock_script} not found\n" unless -f $self->{mock_script};
     my $tmp = $self->{tmp};
     unlink "$tmp/mock.out";
-    my $pid = $self->_spawn([ $^X, $self->{mock_script}, '--port', '0',
+    my %arg = @args % 2 ? () : @args;
+    $self->{mock_host} = $arg{'--host'} // '127.0.0.1';
+    my @port = grep({ $_ eq '--port' } @args) ? () : ('--port', '0');
+    my $pid = $self->_spawn([ $^X, $self->{mock_script}, @port,
                               '--log', "$tmp/mock.log", @args ],
                             "$tmp/mock.out", "$tmp/mock.err");
     $RUNNING{$pid} = 'mock';
@@ -606,14 +625,14 @@ sub mock_port { $_[0]{mock_port} }
 sub mock_url {
     my ($self) = @_;
     die "mock not started\n" unless $self->{mock_port};
-    return "http://127.0.0.1:$self->{mock_port}";
+    return "http://$self->{mock_host}:$self->{mock_port}";
 }
 
 sub _mock_call {
     my ($self, $method, $path, $data) = @_;
     die "mock not started\n" unless $self->{mock_port};
     my %req = (method => $method, path => $path, port => $self->{mock_port},
-               timeout => 10);
+               addr => $self->{mock_host}, timeout => 10);
     if (defined $data) {
         $req{body} = $JSON->encode($data);
         $req{headers} = json_headers();
@@ -674,6 +693,83 @@ sub mock_stats {
 sub stop_mock {
     my ($self) = @_;
     my $pid = delete $self->{mock_pid} or return;
+    kill 'TERM', $pid;
+    my $st = _wait_pid($pid, 5);
+    $st = _kill_hard($pid, 1) unless defined $st;
+    delete $RUNNING{$pid};
+    return $st;
+}
+
+###########################################################################
+# DNS server (t/dns/dns.pl)
+
+sub _dns_zone {
+    my ($self, %zone) = @_;
+    my $text = '';
+    for my $n (sort keys %zone) {
+        my $v = $zone{$n};
+        $text .= "$n " . (ref $v ? join(' ', @$v) : $v) . "\n";
+    }
+    # a rename: the server never reads half a file
+    $self->write_file('dns.zone.tmp', $text);
+    rename "$self->{tmp}/dns.zone.tmp", "$self->{tmp}/dns.zone"
+        or die "rename dns.zone: $!\n";
+}
+
+sub dns_set {
+    my ($self, %zone) = @_;
+    $self->_dns_zone(%zone);
+    return 1;
+}
+
+sub start_dns {
+    my ($self, %zone) = @_;
+    die "dns already running\n" if $self->{dns_pid};
+    my $tmp = $self->{tmp};
+    $self->_dns_zone(%zone);
+    unlink "$tmp/dns.out";
+    my $script = "$REPO/t/dns/dns.pl";
+    my $pid = $self->_spawn([ $^X, $script, '--port', $self->{dns_port} // 0,
+                              '--zone', "$tmp/dns.zone",
+                              '--log', "$tmp/dns.log" ],
+                            "$tmp/dns.out", "$tmp/dns.err");
+    $RUNNING{$pid} = 'dns';
+    $self->{dns_pid} = $pid;
+
+    my $deadline = Time::HiRes::time() + 10;
+    while (Time::HiRes::time() < $deadline) {
+        if (($self->read_file('dns.out') // '') =~ /^READY (\d+)\s*$/m) {
+            return $self->{dns_port} = $1;
+        }
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $RUNNING{$pid};
+            delete $self->{dns_pid};
+            die "dns.pl exited before READY\n" . ($self->read_file('dns.err') // '');
+        }
+        Time::HiRes::sleep(0.03);
+    }
+    _kill_hard($pid, 2);
+    delete $self->{dns_pid};
+    die "dns.pl did not print READY within 10 s\n";
+}
+
+# the port of the DNS server (kept when it is stopped and started again);
+# a free one before it is started
+sub dns_port { my $s = shift; $s->{dns_port} //= _free_port() }
+
+sub dns_queries {
+    my ($self) = @_;
+    my @q;
+    for my $l (split /\n/, $self->read_file('dns.log') // '') {
+        my ($t, $name, $type, $answer) = split ' ', $l;
+        push @q, { t => $t, name => $name, type => $type, answer => $answer };
+    }
+    return @q;
+}
+
+sub stop_dns {
+    my ($self) = @_;
+    my $pid = delete $self->{dns_pid} or return;
     kill 'TERM', $pid;
     my $st = _wait_pid($pid, 5);
     $st = _kill_hard($pid, 1) unless defined $st;
@@ -830,10 +926,11 @@ sub _run_requests {
             $res[$k] = { status => 0, error => "bad request args: $@", elapsed => 0 };
             next;
         }
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+        my $addr = $a->{addr} // '127.0.0.1';
+        my $s = IO::Socket::INET->new(PeerAddr => $addr, PeerPort => $port,
                                       Proto => 'tcp', Timeout => 5);
         if (!$s) {
-            $res[$k] = { status => 0, error => "connect to 127.0.0.1:$port: $!",
+            $res[$k] = { status => 0, error => "connect to $addr:$port: $!",
                          elapsed => Time::HiRes::time() - $t0 };
             next;
         }
@@ -1058,6 +1155,7 @@ sub done {
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     $self->stop if $self->{pid};
     $self->stop_mock if $self->{mock_pid};
+    $self->stop_dns if $self->{dns_pid};
     $self->log_ok;
     $self->valgrind_ok if $self->{valgrind};
 }
@@ -1071,6 +1169,7 @@ sub DESTROY {
     local ($?, $!, $@);
     _kill_hard(delete $self->{pid}, 5) if $self->{pid};
     _kill_hard(delete $self->{mock_pid}, 2) if $self->{mock_pid};
+    _kill_hard(delete $self->{dns_pid}, 2) if $self->{dns_pid};
 }
 
 END {
