@@ -113,6 +113,9 @@ struct ngx_http_dato_batch_s {
     ngx_uint_t                    fail_status;
     ngx_str_t                     fail_code;
 
+    /* the status of the last failed attempt, fail_code its code */
+    ngx_uint_t                    last_status;
+
     unsigned                      queued:1;
     unsigned                      journaled:1;
     unsigned                      spooled:1;
@@ -633,7 +636,10 @@ ngx_http_dato_batch_send(ngx_http_dato_batch_t *batch)
     left = batch->opened + batch->target->retry_timeout - ngx_current_msec;
 
     if ((ngx_msec_int_t) left <= 0) {
-        ngx_http_dato_batch_give_up(batch, 0, NULL, NULL,
+        /* the last failure, if any, says what held them */
+
+        ngx_http_dato_batch_give_up(batch, batch->last_status,
+                                    &batch->fail_code, NULL,
                                     "dato_retry_timeout has passed while "
                                     "the budget or a pause held them");
         return;
@@ -807,6 +813,12 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
                           batch->nids, res->status, &res->code, delay);
 
             ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RETRIES, 1);
+
+            batch->last_status = res->status;
+            batch->fail_code.len = ngx_min(res->code.len,
+                                           NGX_HTTP_DATO_CODE_LEN);
+            batch->fail_code.data = batch->code_buf;
+            ngx_memcpy(batch->code_buf, res->code.data, batch->fail_code.len);
 
             batch->state = NGX_HTTP_DATO_BATCH_WAITING;
             ngx_add_timer(&batch->timer, delay);
