@@ -168,6 +168,9 @@ struct ngx_http_dato_batcher_s {
     unsigned                      hurry:1;
     unsigned                      aborted:1;
     unsigned                      exiting:1;
+
+    /* a publish call failed on the way or with 5xx: said once, at error */
+    unsigned                      failing:1;
 };
 
 
@@ -790,6 +793,12 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
                             res->status, &res->code);
 
     if (res->status >= 200 && res->status < 300) {
+        if (b->failing) {
+            b->failing = 0;
+            ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                          "dato: the API accepts calls again");
+        }
+
         ngx_log_error(NGX_LOG_INFO, b->log, 0,
                       "dato: %ui record%s sent, job \"%V\"%V",
                       batch->nids, ngx_http_dato_plural(batch->nids),
@@ -802,6 +811,20 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
     }
 
     if (res->status == 429 || res->status >= 500 || res->transient) {
+
+        /* an API that fails: the first failure is an error, not each */
+
+        if ((res->status == 0 || res->status >= 500) && !b->failing) {
+            b->failing = 1;
+            ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                          "dato: the API fails (%ui %V%V): calls are "
+                          "retried until dato_retry_timeout, and this is "
+                          "logged once until it accepts one again",
+                          res->status, &res->code,
+                          ngx_http_dato_batch_where(batch, res->status == 0,
+                                                    buf, sizeof(buf),
+                                                    &where));
+        }
 
         /* a 429 pauses every worker's calls with this token: wait it out */
 
@@ -1416,14 +1439,19 @@ static void
 ngx_http_dato_batch_refused(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     ngx_str_t *code, ngx_str_t *details, const char *why)
 {
+    u_char     buf[NGX_HTTP_DATO_WHERE_LEN];
+    ngx_str_t  where;
+
     if (batch->nids > 1 && !ngx_http_dato_batch_any(status, code)
         && !batch->batcher->aborted)
     {
         ngx_log_error(NGX_LOG_WARN, batch->batcher->log, 0,
-                      "dato: %s (status %ui, code %V): sending its %ui "
+                      "dato: %s (status %ui, code %V%V): sending its %ui "
                       "record%s again in halves, to find the refused ones",
-                      why, status, code, batch->nids,
-                      ngx_http_dato_plural(batch->nids));
+                      why, status, code,
+                      ngx_http_dato_batch_where(batch, 0, buf, sizeof(buf),
+                                                &where),
+                      batch->nids, ngx_http_dato_plural(batch->nids));
 
         if (ngx_http_dato_batch_split(batch) == NGX_OK) {
             return;

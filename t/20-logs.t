@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 
 # The error log at Debian's default level, "error_log ... error": a record
-# given up, a 401 refusal and a 429 pause are each said once; a publish
-# that goes well says nothing at that level.
+# given up, a 401 refusal, a 429 pause and an API that fails are each said
+# once; a publish that goes well says nothing at that level.
 
 use strict;
 use warnings;
@@ -106,6 +106,26 @@ sub lines_since {
     is(scalar(@l), 1, '429: one line') or diag join "\n", @l;
     like($l[0] // '', qr/\[error\].*dato: the API answered 429 .*API paused \d+ ms/,
          '429: [error] "API paused N ms"');
+    $t->mock_reset;
+}
+
+###########################################################################
+# an API that fails (500, then 503): said once, at error,
+# and the record is published when it answers again
+
+{
+    my ($id) = ids_of(500, 1);
+    my $mark = $t->log_mark;
+    $t->mock_faults([ { status => 500 }, { status => 503 } ]);
+    my $r = $t->post_json('/hook', hook($id), timeout => 10 * $SLOW);
+    is($r->{status}, 202, '5xx: webhook answered 202') or diag $r->{body} // $r->{error};
+    ok($t->wait_published(5 * $SLOW, $id), '5xx: the record is published');
+    is(scalar($t->calls_for($id)), 3, '5xx: after 2 failed calls');
+    Time::HiRes::sleep(0.5);
+    my @l = lines_since($mark, qr/\S/);
+    is(scalar(@l), 1, '5xx: one line') or diag join "\n", @l;
+    like($l[0] // '', qr/\[error\].*dato: the API fails \(500 .*logged once/,
+         '5xx: [error] "the API fails", with the status');
     $t->mock_reset;
 }
 
