@@ -19,19 +19,27 @@ MOCK_PORT  ?= 8081
 CFLAGS_EXTRA ?=
 LDFLAGS_EXTRA ?=
 
-PACKAGES   := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
-              perl curl prometheus valgrind openssl
+# what building and running need; the suite adds promtool and prometheus
+# (t/15), openssl (t/11, t/12, t/16); make valgrind adds valgrind.  bench,
+# fuzz and sanitize install their own extras (t/bench, t/fuzz, t/sanitize).
+RUN_PACKAGES  := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
+                 perl curl
+TEST_PACKAGES := $(RUN_PACKAGES) prometheus openssl
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test run clean deb test-deb test-src valgrind fuzz sanitize \
-        bench
+.PHONY: all deps deps-run test run clean deb test-deb test-src valgrind \
+        fuzz sanitize bench
 
 all: $(MODULE)
 
 # Installs the packages the build and the tests need, only when one is
-# missing, so that a fresh machine needs nothing but "make test".
+# missing, so that a fresh machine needs nothing but "make test"; deps-run
+# only what building and running need.
 deps:
-	@sh t/install.sh $(PACKAGES)
+	@sh t/install.sh $(TEST_PACKAGES)
+
+deps-run:
+	@sh t/install.sh $(RUN_PACKAGES)
 
 # configure runs once per change of the addon's config file; "make
 # modules" rebuilds only what changed.  The flags are the packaged ones
@@ -60,7 +68,7 @@ test: deps
 	$(MAKE) all
 	prove -r t/
 
-run: deps
+run: deps-run
 	$(MAKE) all
 	RUN_PORT=$(RUN_PORT) MOCK_PORT=$(MOCK_PORT) NGINX_BIN=$(NGINX) \
 	    MODULE=$(MODULE) sh t/run.sh
@@ -76,6 +84,7 @@ sanitize: deps
 
 # the suite with nginx under valgrind memcheck
 valgrind: deps
+	@sh t/install.sh valgrind
 	$(MAKE) all
 	TEST_NGINX_USE_VALGRIND=1 prove -r t/
 
@@ -84,7 +93,7 @@ test-src:
 	sh t/srcbuild.sh
 
 # benchmarks against nginx itself and the API's ceiling (t/bench/run.sh)
-bench: deps
+bench: deps-run
 	$(MAKE) all
 	bash t/bench/run.sh
 

@@ -36,6 +36,9 @@
 /* how many IDs one error.log line names; lines stay under 2048 bytes */
 #define NGX_HTTP_DATO_IDS_PER_LINE  60
 
+/* room for ", environment \"...\", host \"...\"" in a log line */
+#define NGX_HTTP_DATO_WHERE_LEN     384
+
 #define NGX_HTTP_DATO_NO_JOB        ((ngx_uint_t) -1)
 
 
@@ -168,6 +171,9 @@ struct ngx_http_dato_batcher_s {
     unsigned                      hurry:1;
     unsigned                      aborted:1;
     unsigned                      exiting:1;
+
+    /* a publish call failed on the way or with 5xx: said once, at error */
+    unsigned                      failing:1;
 };
 
 
@@ -216,6 +222,8 @@ static void ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch,
 static void ngx_http_dato_batch_tell_refused(ngx_http_dato_batch_t *batch);
 static void ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch,
     ngx_uint_t level, u_char *what, size_t len);
+static ngx_str_t *ngx_http_dato_batch_where(ngx_http_dato_batch_t *batch,
+    ngx_uint_t net, u_char *buf, size_t size, ngx_str_t *where);
 static ngx_int_t ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
     ngx_http_dato_target_t *target, ngx_str_t *env,
     ngx_http_dato_parse_str_t *ids, ngx_uint_t n, ngx_http_dato_waiter_t *w);
@@ -764,6 +772,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
 {
     ngx_http_dato_batch_t *batch = data;
 
+    u_char                    buf[NGX_HTTP_DATO_WHERE_LEN];
+    ngx_str_t                 where;
     ngx_msec_t                delay, pause;
     ngx_http_dato_batcher_t  *b;
 
@@ -789,15 +799,38 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
                             res->status, &res->code);
 
     if (res->status >= 200 && res->status < 300) {
+        if (b->failing) {
+            b->failing = 0;
+            ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                          "dato: the API accepts calls again");
+        }
+
         ngx_log_error(NGX_LOG_INFO, b->log, 0,
-                      "dato: %ui records sent, job \"%V\"",
-                      batch->nids, &res->job_id);
+                      "dato: %ui record%s sent, job \"%V\"%V",
+                      batch->nids, ngx_http_dato_plural(batch->nids),
+                      &res->job_id,
+                      ngx_http_dato_batch_where(batch, 0, buf, sizeof(buf),
+                                                &where));
 
         ngx_http_dato_batch_accepted(batch, res);
         return;
     }
 
     if (res->status == 429 || res->status >= 500 || res->transient) {
+
+        /* an API that fails: the first failure is an error, not each */
+
+        if ((res->status == 0 || res->status >= 500) && !b->failing) {
+            b->failing = 1;
+            ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                          "dato: the API fails (%ui %V%V): calls are "
+                          "retried until dato_retry_timeout, and this is "
+                          "logged once until it accepts one again",
+                          res->status, &res->code,
+                          ngx_http_dato_batch_where(batch, res->status == 0,
+                                                    buf, sizeof(buf),
+                                                    &where));
+        }
 
         /* a 429 pauses every worker's calls with this token: wait it out */
 
@@ -808,9 +841,14 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
             <= batch->target->retry_timeout)
         {
             ngx_log_error(NGX_LOG_WARN, b->log, 0,
-                          "dato: bulk publish of %ui records failed "
-                          "(%ui %V), retrying in %M ms",
-                          batch->nids, res->status, &res->code, delay);
+                          "dato: bulk publish of %ui record%s failed "
+                          "(%ui %V%V), retrying in %M ms",
+                          batch->nids, ngx_http_dato_plural(batch->nids),
+                          res->status, &res->code,
+                          ngx_http_dato_batch_where(batch, res->status == 0,
+                                                    buf, sizeof(buf),
+                                                    &where),
+                          delay);
 
             ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RETRIES, 1);
 
@@ -871,9 +909,10 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
 
     if (res->bad_job) {
         ngx_log_error(NGX_LOG_ERR, b->log, 0,
-                      "dato: the API accepted %ui records with a job ID "
+                      "dato: the API accepted %ui record%s with a job ID "
                       "that is not an ID (too long or not ID characters): "
-                      "refused, the job is not followed", batch->nids);
+                      "refused, the job is not followed",
+                      batch->nids, ngx_http_dato_plural(batch->nids));
     }
 
     batch->accepted = ngx_current_msec;
@@ -919,9 +958,10 @@ ngx_http_dato_batch_poll(ngx_http_dato_batch_t *batch)
     b = batch->batcher;
 
     if (ngx_current_msec - batch->accepted >= batch->target->job_timeout) {
-        ngx_http_dato_batch_job_end(batch, NGX_LOG_WARN,
+        ngx_http_dato_batch_job_end(batch, NGX_LOG_ERR,
                                     "did not finish within "
-                                    "dato_job_timeout");
+                                    "dato_job_timeout: the fate of its "
+                                    "records is not known");
         return;
     }
 
@@ -1038,32 +1078,35 @@ static void
 ngx_http_dato_batch_job_end(ngx_http_dato_batch_t *batch, ngx_uint_t level,
     const char *what)
 {
-    u_char                   *p, line[256];
+    u_char                   *p, line[384], buf[NGX_HTTP_DATO_WHERE_LEN];
+    ngx_str_t                 where;
     ngx_msec_t                ms;
     ngx_uint_t                bad;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
     ms = ngx_current_msec - batch->accepted;
+    bad = (level != NGX_LOG_INFO);
+
+    (void) ngx_http_dato_batch_where(batch, 0, buf, sizeof(buf), &where);
 
     if (batch->finished) {
         p = ngx_snprintf(line, sizeof(line),
-                         "dato: job \"%V\" %s: status %ui, %ui records, "
-                         "%ui successful, %ui failed, %M.%03M s",
+                         "dato: job \"%V\" %s: status %ui, %ui record%s, "
+                         "%ui successful, %ui failed, %M.%03M s%V",
                          &batch->job, what, batch->job_status, batch->nids,
+                         ngx_http_dato_plural(batch->nids),
                          batch->successful, batch->failed,
-                         ms / 1000, ms % 1000);
-
-        bad = (level == NGX_LOG_WARN);
+                         ms / 1000, ms % 1000, &where);
 
         ngx_http_dato_batch_job_stats(batch, bad);
 
     } else {
         p = ngx_snprintf(line, sizeof(line),
-                         "dato: job \"%V\" of %ui records %s (%M s)",
-                         &batch->job, batch->nids, what, ms / 1000);
-
-        bad = (level == NGX_LOG_WARN);
+                         "dato: job \"%V\" of %ui record%s %s (%M s%V)",
+                         &batch->job, batch->nids,
+                         ngx_http_dato_plural(batch->nids), what, ms / 1000,
+                         &where);
 
         if (bad) {
             ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_UNFINISHED, 1);
@@ -1292,7 +1335,9 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     ngx_str_t *code, ngx_str_t *details, const char *why)
 {
     u_char                   *p, *last, line[640];
+    u_char                    buf[NGX_HTTP_DATO_WHERE_LEN];
     ngx_str_t                 none = ngx_string("-");
+    ngx_str_t                 where;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
@@ -1317,14 +1362,22 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     last = line + sizeof(line);
 
     p = ngx_slprintf(line, last,
-                     "dato: gave up publishing %ui records after %ui "
-                     "attempts (%s; status %ui, code %V",
-                     batch->nids, batch->attempts, why, status,
+                     "dato: gave up publishing %ui record%s after %ui "
+                     "attempt%s (%s; status %ui, code %V",
+                     batch->nids, ngx_http_dato_plural(batch->nids),
+                     batch->attempts, ngx_http_dato_plural(batch->attempts),
+                     why, status,
                      batch->fail_code.len ? &batch->fail_code : &none);
 
     if (details && details->len) {
         p = ngx_slprintf(p, last, ", details %V", details);
     }
+
+    p = ngx_slprintf(p, last, "%V",
+                     ngx_http_dato_batch_where(batch,
+                                               status == 0 && code
+                                               && code->len,
+                                               buf, sizeof(buf), &where));
 
     if (batch->job.len) {
         p = ngx_slprintf(p, last, ", job \"%V\"", &batch->job);
@@ -1398,13 +1451,19 @@ static void
 ngx_http_dato_batch_refused(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     ngx_str_t *code, ngx_str_t *details, const char *why)
 {
+    u_char     buf[NGX_HTTP_DATO_WHERE_LEN];
+    ngx_str_t  where;
+
     if (batch->nids > 1 && !ngx_http_dato_batch_any(status, code)
         && !batch->batcher->aborted)
     {
         ngx_log_error(NGX_LOG_WARN, batch->batcher->log, 0,
-                      "dato: %s (status %ui, code %V): sending its %ui "
-                      "records again in halves, to find the refused ones",
-                      why, status, code, batch->nids);
+                      "dato: %s (status %ui, code %V%V): sending its %ui "
+                      "record%s again in halves, to find the refused ones",
+                      why, status, code,
+                      ngx_http_dato_batch_where(batch, 0, buf, sizeof(buf),
+                                                &where),
+                      batch->nids, ngx_http_dato_plural(batch->nids));
 
         if (ngx_http_dato_batch_split(batch) == NGX_OK) {
             return;
@@ -1646,8 +1705,8 @@ static void
 ngx_http_dato_batch_job_failed(ngx_http_dato_batch_t *batch,
     ngx_http_dato_client_result_t *res)
 {
-    u_char                   *p, line[256];
-    ngx_str_t                 code;
+    u_char                   *p, line[256], buf[NGX_HTTP_DATO_WHERE_LEN];
+    ngx_str_t                 code, where;
     ngx_msec_t                delay;
     ngx_uint_t                status, transient;
     ngx_http_dato_batcher_t  *b;
@@ -1656,8 +1715,8 @@ ngx_http_dato_batch_job_failed(ngx_http_dato_batch_t *batch,
     status = batch->job_status;
 
     p = ngx_snprintf(line, sizeof(line), "DatoCMS's job \"%V\" failed "
-                     "%ui of %ui records", &batch->job, batch->failed,
-                     batch->nids);
+                     "%ui of %ui record%s", &batch->job, batch->failed,
+                     batch->nids, ngx_http_dato_plural(batch->nids));
     *p = '\0';
 
     ngx_http_dato_batch_job_stats(batch, 1);
@@ -1690,8 +1749,11 @@ ngx_http_dato_batch_job_failed(ngx_http_dato_batch_t *batch,
     }
 
     ngx_log_error(NGX_LOG_WARN, b->log, 0,
-                  "dato: %s (status %ui, code %V), sending them again in "
-                  "%M ms", line, status, &code, delay);
+                  "dato: %s (status %ui, code %V%V), sending them again in "
+                  "%M ms", line, status, &code,
+                  ngx_http_dato_batch_where(batch, 0, buf, sizeof(buf),
+                                            &where),
+                  delay);
 
     ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RETRIES, 1);
 
@@ -1750,6 +1812,48 @@ ngx_http_dato_batch_log_ids(ngx_http_dato_batch_t *batch, ngx_uint_t level,
                       "%*s, records (part %ui of %ui): %*s",
                       len, what, part + 1, parts, p - line, line);
     }
+}
+
+
+/*
+ * What a log line adds about a batch: ", environment \"sandbox\"" when it
+ * is not of the primary environment, and ", host \"site-api.datocms.com\""
+ * after a network error ("net"); empty otherwise.
+ */
+
+static ngx_str_t *
+ngx_http_dato_batch_where(ngx_http_dato_batch_t *batch, ngx_uint_t net,
+    u_char *buf, size_t size, ngx_str_t *where)
+{
+    u_char     *p, *last, *host, *end;
+    ngx_str_t  *url;
+
+    p = buf;
+    last = buf + size;
+
+    if (batch->env.len) {
+        p = ngx_slprintf(p, last, ", environment \"%V\"", &batch->env);
+    }
+
+    if (net && batch->target) {
+        url = &batch->target->client.base_url;
+
+        host = ngx_strlcasestrn(url->data, url->data + url->len,
+                                (u_char *) "://", 3 - 1);
+        host = host ? host + 3 : url->data;
+
+        end = ngx_strlchr(host, url->data + url->len, '/');
+        if (end == NULL) {
+            end = url->data + url->len;
+        }
+
+        p = ngx_slprintf(p, last, ", host \"%*s\"", end - host, host);
+    }
+
+    where->data = buf;
+    where->len = p - buf;
+
+    return where;
 }
 
 
@@ -1833,9 +1937,10 @@ ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
            == NGX_OK)
     {
         ngx_log_error(NGX_LOG_WARN, b->log, 0,
-                      "dato: took over %ui records of worker process %P, "
-                      "which died before DatoCMS accepted them",
-                      orphan->nids, orphan->owner);
+                      "dato: took over %ui record%s of worker process %P, "
+                      "which died before DatoCMS accepted %s",
+                      orphan->nids, ngx_http_dato_plural(orphan->nids),
+                      orphan->owner, orphan->nids == 1 ? "it" : "them");
 
     } else {
 
@@ -1941,7 +2046,8 @@ ngx_http_dato_batch_spool(ngx_http_dato_batcher_t *b)
 
     if (ngx_http_dato_spool_close(sp) == NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, b->log, 0,
-                      "dato: %ui records spooled (%s)", n, b->abort_reason);
+                      "dato: %ui record%s spooled (%s)",
+                      n, ngx_http_dato_plural(n), b->abort_reason);
         return;
     }
 
@@ -1975,7 +2081,8 @@ ngx_http_dato_batch_unspool(void *data, uint32_t key, ngx_str_t *env,
         && ngx_http_dato_batch_put(b, target, env, ids, n, NULL) == NGX_OK)
     {
         ngx_log_error(NGX_LOG_NOTICE, b->log, 0,
-                      "dato: %ui spooled records queued again", n);
+                      "dato: %ui spooled record%s queued again",
+                      n, ngx_http_dato_plural(n));
         return NGX_OK;
     }
 

@@ -21,6 +21,10 @@
 #include "ngx_http_dato_shm.h"
 
 
+/* the log lines' plurals: "%ui record%s", n, ngx_http_dato_plural(n) */
+#define ngx_http_dato_plural(n)  ((n) == 1 ? "" : "s")
+
+
 /* waiter->failed when DatoCMS gave no answer at all */
 #define NGX_HTTP_DATO_NO_ANSWER  1
 

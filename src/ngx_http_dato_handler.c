@@ -39,6 +39,8 @@ static ngx_int_t ngx_http_dato_answer(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records, ngx_uint_t queued);
 static ngx_int_t ngx_http_dato_refused(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records);
+static void ngx_http_dato_log_failed(ngx_http_request_t *r,
+    ngx_http_dato_waiter_t *w, ngx_uint_t records);
 static ngx_int_t ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *title, const char *detail, ngx_str_t *code);
 static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
@@ -207,8 +209,9 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
 
     if (res->nids > dmcf->queue_size) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "dato: %uz records refused: more than "
-                      "dato_queue_size %ui", res->nids, dmcf->queue_size);
+                      "dato: %uz record%s refused: more than "
+                      "dato_queue_size %ui", res->nids,
+                      ngx_http_dato_plural(res->nids), dmcf->queue_size);
 
         ngx_snprintf(detail, sizeof(detail),
                      "%uz records, more than the %ui that the publish "
@@ -292,7 +295,8 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
         }
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "dato: %uz records refused: %s", res->nids,
+                      "dato: %uz record%s refused: %s", res->nids,
+                      ngx_http_dato_plural(res->nids),
                       rc == NGX_BUSY ? "dato_queue_size is reached"
                                      : "the worker process is exiting");
 
@@ -428,6 +432,8 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                          "published%Z", w->failed);
         }
 
+        ngx_http_dato_log_failed(r, w, records);
+
         if (w->refused.nelts) {
             return ngx_http_dato_refused(r, w, records);
         }
@@ -549,6 +555,11 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     }
 
     if (failed) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "dato: webhook answered 502: %ui DatoCMS job%s did "
+                      "not publish every record", failed,
+                      ngx_http_dato_plural(failed));
+
         err = json_pack("{s:s, s:s, s:s}", "status", "502",
                         "title", "publish failed",
                         "detail", "a DatoCMS job did not publish every record");
@@ -568,6 +579,55 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                                         "records", (json_int_t) records,
                                         "status",
                                         unknown ? "queued" : "published"));
+}
+
+
+/*
+ * A webhook answered 502 says so in the log with its connection's "*N",
+ * which ties it to the "gave up publishing" lines of its records.
+ */
+
+static void
+ngx_http_dato_log_failed(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
+    ngx_uint_t records)
+{
+    u_char      *p, *last, line[1024];
+    ngx_str_t   *id, *code;
+    ngx_uint_t   i;
+
+    static ngx_str_t  none = ngx_string("-");
+
+    code = w->code.len ? &w->code : &none;
+
+    p = line;
+    last = line + sizeof(line) - sizeof(" ...");
+    id = w->refused.elts;
+
+    for (i = 0; i < w->refused.nelts; i++) {
+        if (p + id[i].len + 1 > last) {
+            p = ngx_cpymem(p, " ...", sizeof(" ...") - 1);
+            break;
+        }
+
+        p = ngx_slprintf(p, last, "%s%V", i ? " " : "", &id[i]);
+    }
+
+    if (w->refused.nelts && w->refused.nelts < records) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "dato: webhook answered 502: %ui of its %ui record%s "
+                      "not published (status %ui, code %V): %*s",
+                      w->refused.nelts, records, ngx_http_dato_plural(records),
+                      w->failed == NGX_HTTP_DATO_NO_ANSWER ? 0 : w->failed,
+                      code, p - line, line);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "dato: webhook answered 502: its %ui record%s not "
+                  "published (status %ui, code %V)%s%*s",
+                  records, ngx_http_dato_plural(records),
+                  w->failed == NGX_HTTP_DATO_NO_ANSWER ? 0 : w->failed,
+                  code, w->refused.nelts ? ": " : "", p - line, line);
 }
 
 

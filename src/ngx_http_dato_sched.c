@@ -352,7 +352,7 @@ ngx_http_dato_sched_report(ngx_http_dato_rate_t *rate, ngx_uint_t ticket,
     ngx_uint_t status, ngx_int_t limit, ngx_int_t remaining, ngx_int_t reset,
     ngx_log_t *log)
 {
-    ngx_uint_t              i, own, used, warn;
+    ngx_uint_t              i, own, used, warn, fresh;
     ngx_msec_t              now, pause, until;
     ngx_slab_pool_t        *shpool;
     ngx_http_dato_sched_t  *s;
@@ -361,6 +361,7 @@ ngx_http_dato_sched_report(ngx_http_dato_rate_t *rate, ngx_uint_t ticket,
     now = ngx_http_dato_sched_now();
     pause = 0;
     warn = 0;
+    fresh = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
@@ -412,12 +413,26 @@ ngx_http_dato_sched_report(ngx_http_dato_rate_t *rate, ngx_uint_t ticket,
                 + (ngx_msec_t) ngx_random() % 250;
         until = now + pause;
 
+        /*
+         * the first 429 of a pause, in any worker, is said at error
+         * level; those of calls that were out meanwhile are not
+         */
+
+        fresh = ((ngx_msec_int_t) (s->paused_until - now) <= 0);
+
         if ((ngx_msec_int_t) (until - s->paused_until) > 0) {
             s->paused_until = until;
         }
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+
+    if (fresh) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "dato: the API answered 429 (too many requests): "
+                      "API paused %M ms, every call with this token waits",
+                      pause);
+    }
 
     if (warn) {
         ngx_log_error(NGX_LOG_WARN, log, 0,

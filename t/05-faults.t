@@ -99,7 +99,7 @@ sub retried_ok {
     my @jobs = jobs_of($r);
     is_deeply(\@jobs, [@calls ? $calls[-1]{job} // 'none' : 'none'],
               "$name: the answer names the job of the accepted call");
-    ok($t->error_log_since($mark) =~ /\[warn\].*bulk publish of 1 records failed.*retrying/,
+    ok($t->error_log_since($mark) =~ /\[warn\].*bulk publish of 1 record failed.*retrying/,
          "$name: the retry is logged");
     promise_ok($name, $id);
     return ($r, @calls);

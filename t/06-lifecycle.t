@@ -182,7 +182,7 @@ EOF
     ok(@calls >= 1 && !grep({ $_->{status} != 202 } @calls),
        'quit/in flight: the mock answered 202');
     is(scalar($t->published(@acc)), scalar(@acc), 'quit/in flight: all ids published');
-    like($t->error_log_since($mark), qr/dato: \d+ records sent, job "\d+"/,
+    like($t->error_log_since($mark), qr/dato: \d+ records? sent, job "\d+"/,
          'quit/in flight: the exiting worker got the answer');
     is(scalar($t->gave_up_lines), 0, 'quit/in flight: nothing given up')
         or diag join "\n", $t->gave_up_lines;

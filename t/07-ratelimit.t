@@ -110,7 +110,7 @@ EOF
 
     my %workers;
     my $log = $t->error_log;
-    $workers{$1}++ while $log =~ /\[info\] (\d+)#\d+: dato: \d+ records sent/g;
+    $workers{$1}++ while $log =~ /\[info\] (\d+)#\d+: dato: \d+ records? sent/g;
     is(scalar(keys %workers), 2, 'limited: both workers sent calls');
 
     $t->done;
@@ -172,7 +172,7 @@ EOF
     my ($fuller) = grep { @{ $_->{ids} } == 10 } @after;
     ok($fuller, '429: the 10 records of the pause went in one call');
 
-    $t->log_like(qr/\[warn\].*dato: bulk publish of 1 records failed \(429 RATE_LIMIT_EXCEEDED\), retrying/,
+    $t->log_like(qr/\[warn\].*dato: bulk publish of 1 record failed \(429 RATE_LIMIT_EXCEEDED\), retrying/,
                  '429: the retry is logged');
 
     # a webhook that waits for its job gets it after the pause

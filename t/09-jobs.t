@@ -333,7 +333,7 @@ EOF
     } else {
         fail('polls: intervals') for 1 .. 3;
     }
-    $t->log_like(qr/\[info\].*dato: job "\Q$jobA\E" finished: status 200, 1 records, 1 successful, 0 failed, \d+\.\d{3} s/,
+    $t->log_like(qr/\[info\].*dato: job "\Q$jobA\E" finished: status 200, 1 record, 1 successful, 0 failed, \d+\.\d{3} s/,
                  'polls: info line with the counts');
     $t->log_unlike(qr/\[warn\].*job "\Q$jobA\E"/, 'polls: no warning for that job');
     my $n = () = $t->error_log =~ /dato: job "\Q$jobA\E" finished/g;
@@ -354,9 +354,9 @@ EOF
     my @c = $t->calls_for(@idsB);
     is(scalar @c, 3, 'failed > 0: the call, then one per half');
 
-    ok($t->wait_for_log(qr/gave up publishing 1 records.*job "\Q$jobC\E"/, 5),
+    ok($t->wait_for_log(qr/gave up publishing 1 record .*job "\Q$jobC\E"/, 5),
        'status 422: given up');
-    $t->log_like(qr/\[error\].*dato: gave up publishing 1 records after 1 attempts \(DatoCMS's job "\Q$jobC\E" failed 1 of 1 records; status 422, code INVALID_FIELD.*job "\Q$jobC\E"\), records \(part 1 of 1\): \Q$idC\E/,
+    $t->log_like(qr/\[error\].*dato: gave up publishing 1 record after 1 attempt \(DatoCMS's job "\Q$jobC\E" failed 1 of 1 record; status 422, code INVALID_FIELD.*job "\Q$jobC\E"\), records \(part 1 of 1\): \Q$idC\E/,
                  'status 422: error line with status, code, job and the record');
 }
 
@@ -365,15 +365,15 @@ EOF
 
 {
     ok($t->wait_for_log(qr/job "\Q$jobD\E" of/, 6, $markD), 'never: logged');
-    $t->log_like(qr/\[warn\].*dato: job "\Q$jobD\E" of 1 records did not finish within dato_job_timeout.*records \(part 1 of 1\): \Q$idD\E/,
-                 'never: warn "did not finish within dato_job_timeout" naming the record');
+    $t->log_like(qr/\[error\].*dato: job "\Q$jobD\E" of 1 record did not finish within dato_job_timeout.*records \(part 1 of 1\): \Q$idD\E/,
+                 'never: error "did not finish within dato_job_timeout" naming the record');
     my @before = polls_of($t, $jobD);
     cmp_ok(scalar @before, '>=', 1, 'never: it was polled');
 
     # when: the log's own clock, to the second
     my $log = $t->error_log_since($markD);
-    my ($sent) = $log =~ /^(\S+ \S+) \[info\].*records sent, job "\Q$jobD\E"/m;
-    my ($end) = $log =~ /^(\S+ \S+) \[warn\].*job "\Q$jobD\E" of/m;
+    my ($sent) = $log =~ /^(\S+ \S+) \[info\].*records? sent, job "\Q$jobD\E"/m;
+    my ($end) = $log =~ /^(\S+ \S+) \[error\].*job "\Q$jobD\E" of/m;
     my $waited = (defined $sent && defined $end) ? log_time($end) - log_time($sent) : -1;
     ok($waited >= 2 && $waited <= 4,
        "never: given up at about 3 s ($waited s by the log's clock)");

@@ -559,7 +559,7 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
 
     my $log = $t->error_log_since($mark);
     like($log, qr/\[error\].*gave up publishing/, 'failures are logged as given up');
-    like($log, qr/\[warn\].*bulk publish of 1 records failed/, 'retries are logged');
+    like($log, qr/\[warn\].*bulk publish of 1 record failed/, 'retries are logged');
     my @l = grep { /\Q$TOKEN\E/ } split /\n/, $log;
     is(scalar @l, 0, 'no log line about the failures carries the token') or diag join "\n", @l[0 .. 4];
 

@@ -257,7 +257,7 @@ my $C = DatoTest::uuid_id(3);
         my ($line) = grep { /gave up publishing/ && /\Q$id{$k}\E/ } split /\n/, $log;
         like($line // '', qr/\[error\]/, "$name{$k}: given up at error level");
     }
-    my @why = grep { /bulk publish of 1 records failed|gave up publishing/ } split /\n/, $log;
+    my @why = grep { /bulk publish of 1 record failed|gave up publishing/ } split /\n/, $log;
     like(join("\n", @why), qr/certificate|SSL/i,
          'the failures name the certificate or SSL');
     my ($a_line) = grep { /gave up publishing/ && /\Q$id{a}\E/ } split /\n/, $log;

@@ -230,7 +230,7 @@ EOF
     is(scalar(@lines), 1, 'refused in batch, wait job: exactly one [error] gave-up line')
         or diag join "\n", @lines;
     my $l = $lines[0] // '';
-    like($l, qr/gave up publishing 1 records/, 'refused in batch, wait job: it gives up 1 record');
+    like($l, qr/gave up publishing 1 record /, 'refused in batch, wait job: it gives up 1 record');
     like($l, qr/\Q$bad\E/, 'refused in batch, wait job: it names the refused record');
     like($l, qr/status 422/, 'refused in batch, wait job: with "status 422"');
     like($l, qr/code UNPUBLISHED_LINK/, 'refused in batch, wait job: with "code UNPUBLISHED_LINK"');
@@ -287,8 +287,8 @@ EOF
     is(scalar(@lines), 1, 'refused in batch, wait none: exactly one [error] gave-up line')
         or diag join "\n", @lines;
     my $l = $lines[0] // '';
-    like($l, qr/gave up publishing 1 records.*status 422.*code UNPUBLISHED_LINK.*\Q$bad\E/,
-         'refused in batch, wait none: "gave up publishing 1 records", status, code, the id');
+    like($l, qr/gave up publishing 1 record .*status 422.*code UNPUBLISHED_LINK.*\Q$bad\E/,
+         'refused in batch, wait none: "gave up publishing 1 record", status, code, the id');
     is_deeply([named($t, @ids)], [$bad], 'refused in batch, wait none: no other record given up');
 
     my $bound = split_bound(20);
@@ -388,7 +388,7 @@ EOF
     my @lines = error_gave_up($t);
     is(scalar(@lines), 1, "$name: exactly one [error] gave-up line") or diag join "\n", @lines;
     my $l = $lines[0] // '';
-    like($l, qr/gave up publishing 1 records/, "$name: \"gave up publishing 1 records\"");
+    like($l, qr/gave up publishing 1 record /, "$name: \"gave up publishing 1 record\"");
     like($l, qr/\Q$bad\E/, "$name: naming the bad record");
     my %bad_jobs = map { ($_->{job} => 1) } grep { defined $_->{job} } $t->calls_for($bad);
     ok($l =~ /job "([^"]*)"/ && $bad_jobs{$1},
@@ -594,8 +594,8 @@ EOF
     my @lines = error_gave_up($t);
     is(scalar(@lines), 1, 'wait result, failed 1 of 2: exactly one [error] gave-up line')
         or diag join "\n", @lines;
-    like($lines[0] // '', qr/gave up publishing 1 records.*job "/,
-         'wait result, failed 1 of 2: "gave up publishing 1 records" with the job');
+    like($lines[0] // '', qr/gave up publishing 1 record .*job "/,
+         'wait result, failed 1 of 2: "gave up publishing 1 record" with the job');
     $t->promise_ok('wait result, failed 1 of 2: both published or given up', $good, $bad);
     $t->done;
 }

@@ -2,6 +2,8 @@
 # "make run": nginx in the foreground with the module and an example
 # configuration.  With DATO_API_TOKEN set it talks to the real DatoCMS API
 # (DATO_API_URL overrides the address); without it, to the mock API in t/.
+# It serves the status page and writes an access log with the $dato_*
+# variables, both under build/run/.
 set -eu
 
 : "${RUN_PORT:=8080}" "${MOCK_PORT:=8081}" "${NGINX_BIN:=/usr/sbin/nginx}"
@@ -40,8 +42,11 @@ pid $dir/nginx.pid;
 error_log stderr info;
 events { worker_connections 1024; }
 http {
-    access_log off;
     client_body_temp_path $dir/body;
+
+    log_format dato '\$time_local \$remote_addr "\$request" \$status '
+                    'jobs=\$dato_job_ids records=\$dato_records';
+    access_log $dir/access.log dato;
 
     dato_api_url $url;
     dato_api_token_file $dir/token;
@@ -51,6 +56,12 @@ http {
 
         location = /webhooks/dato {
             dato_publish;
+        }
+
+        location = /dato/status {
+            allow 127.0.0.1;
+            deny all;
+            dato_publish_status;
         }
     }
 }
@@ -62,6 +73,11 @@ nginx on http://127.0.0.1:$RUN_PORT, Ctrl-C stops it.  Try:
   curl -i -H 'Content-Type: application/json' \\
        -d '{"ids":["X9_l7IdvRq26r7e2wn353Q"]}' \\
        http://127.0.0.1:$RUN_PORT/webhooks/dato
+
+status page:  http://127.0.0.1:$RUN_PORT/dato/status
+              http://127.0.0.1:$RUN_PORT/dato/status?format=prometheus
+access log:   $dir/access.log  (jobs=\$dato_job_ids records=\$dato_records)
+error log:    this terminal (error_log stderr info)
 
 MSG
 env -u NGINX "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" -e stderr -g 'daemon off;'

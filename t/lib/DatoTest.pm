@@ -72,6 +72,9 @@ package DatoTest;
 #                          answer (addresses joined by ",", "-" or a kind)
 #   $t->stop_dns           stops it (DNS down: queries go unanswered)
 #
+# DatoTest->new(log_level => 'error') writes "error_log ... error" (as
+# Debian's nginx.conf) instead of "debug"; t/20-logs.t uses it.
+#
 # Environment: TEST_NGINX_BINARY, DATO_MODULE (a path, or "static" for an
 # nginx built with --add-module), TEST_NGINX_LEAVE (keep the temp
 # dir), TEST_NGINX_USE_VALGRIND, TEST_NGINX_MASTER=off,
@@ -132,6 +135,8 @@ sub new {
         module   => $opts{module} // $ENV{DATO_MODULE}
                         // "$REPO/build/ngx_http_dato_module.so",
         mock_script => $opts{mock_script} // "$REPO/t/mock/dato_mock.pl",
+        # the error_log level; "error" is what Debian's nginx.conf sets
+        log_level => $opts{log_level} // 'debug',
         log_allow => [],
         problems  => [],
         owner     => $$,
@@ -275,6 +280,7 @@ sub write_conf {
     my $tmp  = $self->{tmp};
     my $file = $a{file} // 'nginx.conf';
     my $elog = $a{error_log} // "$tmp/error.log";
+    my $level = $a{log_level} // $self->{log_level};
 
     my $conf;
     if (defined $a{raw}) {
@@ -292,7 +298,7 @@ ${load}daemon off;
 master_process $master;
 worker_processes $workers;
 pid $tmp/nginx.pid;
-error_log $elog debug;
+error_log $elog $level;
 
 $main
 
@@ -435,6 +441,8 @@ sub run {
     my $deadline = Time::HiRes::time() + $self->_startup_timeout;
     my $port_ok = !$uses_port;
     my $workers_ok = !$self->{master};
+    my $quiet = ($a{log_level} // $self->{log_level})
+                !~ /^(?:debug|info|notice)$/;
     my $pid_ok = 0;
 
     while (Time::HiRes::time() < $deadline) {
@@ -452,7 +460,12 @@ sub run {
                 PeerPort => $self->port, Proto => 'tcp', Timeout => 1);
             if ($s) { close $s; $port_ok = 1 }
         }
-        if (!$workers_ok) {
+        if (!$workers_ok && $quiet) {
+
+            # "start worker process" is a notice: count the children
+            $workers_ok = _children($pid) >= $self->{running_workers};
+
+        } elsif (!$workers_ok) {
             my $log = $self->error_log_since($before);
             $workers_ok = _count($log, qr/start worker process \d+/)
                           >= $self->{running_workers};
