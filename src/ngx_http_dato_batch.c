@@ -856,7 +856,11 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
             batch->fail_code.len = ngx_min(res->code.len,
                                            NGX_HTTP_DATO_CODE_LEN);
             batch->fail_code.data = batch->code_buf;
-            ngx_memcpy(batch->code_buf, res->code.data, batch->fail_code.len);
+
+            if (batch->fail_code.len) {
+                ngx_memcpy(batch->code_buf, res->code.data,
+                           batch->fail_code.len);
+            }
 
             batch->state = NGX_HTTP_DATO_BATCH_WAITING;
             ngx_add_timer(&batch->timer, delay);
@@ -905,7 +909,10 @@ ngx_http_dato_batch_accepted(ngx_http_dato_batch_t *batch,
 
     batch->job.len = res->job_id.len;
     batch->job.data = batch->job_buf;
-    ngx_memcpy(batch->job_buf, res->job_id.data, batch->job.len);
+
+    if (batch->job.len) {
+        ngx_memcpy(batch->job_buf, res->job_id.data, batch->job.len);
+    }
 
     if (res->bad_job) {
         ngx_log_error(NGX_LOG_ERR, b->log, 0,
