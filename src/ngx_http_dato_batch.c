@@ -202,7 +202,8 @@ static ngx_http_dato_link_t *ngx_http_dato_batch_link(
     ngx_http_dato_waiter_t *w, ngx_http_dato_batch_t *batch);
 static ngx_http_dato_batch_t *ngx_http_dato_batch_alloc(
     ngx_http_dato_batcher_t *b, ngx_http_dato_target_t *target,
-    ngx_str_t *env, ngx_uint_t size);
+    ngx_str_t *env, ngx_uint_t size, ngx_uint_t evict);
+static ngx_int_t ngx_http_dato_batch_evict(ngx_http_dato_batcher_t *b);
 static ngx_uint_t ngx_http_dato_batch_any(ngx_uint_t status,
     ngx_str_t *code);
 static void ngx_http_dato_batch_refused(ngx_http_dato_batch_t *batch,
@@ -551,7 +552,7 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
         }
     }
 
-    batch = ngx_http_dato_batch_alloc(b, target, env, target->batch_size);
+    batch = ngx_http_dato_batch_alloc(b, target, env, target->batch_size, 1);
     if (batch == NULL) {
         return NULL;
     }
@@ -565,16 +566,60 @@ ngx_http_dato_batch_open(ngx_http_dato_batcher_t *b,
 }
 
 
+/* stops following this worker's oldest job that no poll is out for */
+
+static ngx_int_t
+ngx_http_dato_batch_evict(ngx_http_dato_batcher_t *b)
+{
+    ngx_queue_t            *q;
+    ngx_http_dato_batch_t  *batch;
+
+    for (q = ngx_queue_head(&b->batches);
+         q != ngx_queue_sentinel(&b->batches);
+         q = ngx_queue_next(q))
+    {
+        batch = ngx_queue_data(q, ngx_http_dato_batch_t, all);
+
+        if (batch->state == NGX_HTTP_DATO_BATCH_JOB && !batch->polling) {
+            ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_JOBS_UNFINISHED,
+                                   1);
+            ngx_http_dato_batch_job_end(batch, NGX_LOG_INFO,
+                                        "was not followed to its end: its "
+                                        "room in the shared zone went to "
+                                        "new records");
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
 /* a batch of at most "size" records, queued, in no line yet */
 
 static ngx_http_dato_batch_t *
 ngx_http_dato_batch_alloc(ngx_http_dato_batcher_t *b,
-    ngx_http_dato_target_t *target, ngx_str_t *env, ngx_uint_t size)
+    ngx_http_dato_target_t *target, ngx_str_t *env, ngx_uint_t size,
+    ngx_uint_t evict)
 {
     ngx_http_dato_batch_t  *batch;
 
-    batch = ngx_http_dato_shm_alloc(b->zone, sizeof(ngx_http_dato_batch_t)
-                                    + (size - 1) * sizeof(ngx_http_dato_id_t));
+    for ( ;; ) {
+        batch = ngx_http_dato_shm_alloc(b->zone,
+                                        sizeof(ngx_http_dato_batch_t)
+                                        + (size - 1)
+                                          * sizeof(ngx_http_dato_id_t));
+
+        /*
+         * records answered 2xx come before following jobs: a job that
+         * DatoCMS accepted gives up its room first, the oldest first
+         */
+
+        if (batch || !evict || ngx_http_dato_batch_evict(b) != NGX_OK) {
+            break;
+        }
+    }
+
     if (batch == NULL) {
         if (ngx_current_msec - b->full_logged > 1000) {
             b->full_logged = ngx_current_msec;
@@ -1546,12 +1591,14 @@ ngx_http_dato_batch_split(ngx_http_dato_batch_t *batch)
     first[1] = n[0];
     n[1] = batch->nids - n[0];
 
-    half[0] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[0]);
+    half[0] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[0],
+                                        0);
     if (half[0] == NULL) {
         return NGX_ERROR;
     }
 
-    half[1] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[1]);
+    half[1] = ngx_http_dato_batch_alloc(b, batch->target, &batch->env, n[1],
+                                        0);
     if (half[1] == NULL) {
         half[0]->queued = 0;
         ngx_http_dato_batch_free(half[0]);

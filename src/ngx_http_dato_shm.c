@@ -232,6 +232,9 @@ ngx_http_dato_shm_tokens(ngx_shm_zone_t *zone)
 
     ctx = zone->data;
 
+    /* a full zone is handled where it is met (a followed job makes room) */
+    ctx->shpool->log_nomem = 0;
+
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
     rc = ngx_http_dato_sched_init_zone(ctx->shpool, &ctx->sh->sched,

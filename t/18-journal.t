@@ -117,4 +117,40 @@ EOF
     $t->done;
 }
 
+###########################################################################
+# batches live in the zone while their jobs are followed: when it fills,
+# the oldest followed job gives up its room, and no webhook is refused
+
+{
+    my $t = DatoTest->new(workers => 1);
+    $t->start_mock('--job-polls', '-1');
+    $t->run(http => <<'EOF');
+    dato_zone_size 256k;
+    dato_api_url %%MOCK%%;
+    dato_api_token test-token;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook {
+            dato_publish;
+            dato_publish_wait job;
+        }
+    }
+EOF
+
+    # each webhook is a call of its own, whose job never finishes
+    my @ids = ids_of(2_200_000, 80);
+    my $ok = 0;
+    for my $id (@ids) {
+        my $r = $t->post_json('/hook', ids_body($id), timeout => 10 * $SLOW);
+        $ok++ if $r->{status} == 202;
+    }
+    is($ok, 80, 'zone full of jobs: 80 webhooks answered 202, none refused');
+    ok($t->wait_published(10 * $SLOW, @ids), 'zone full of jobs: all 80 published');
+    $t->log_unlike(qr/the shared zone is full/, 'zone full of jobs: no record refused for room');
+    $t->log_like(qr/\[info\].*was not followed to its end: its room in the shared zone went to new records/,
+                 'zone full of jobs: the oldest jobs gave up their room');
+
+    $t->done;
+}
+
 done_testing;
