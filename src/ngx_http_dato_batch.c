@@ -1968,6 +1968,11 @@ ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
     ngx_http_dato_target_t     *target;
     ngx_http_dato_parse_str_t   ids[NGX_HTTP_DATO_BATCH_MAX];
 
+    static ngx_str_t  orphaned = ngx_string(
+        "dato: gave up publishing the records of a worker process that died "
+        "(no location of this configuration uses its token and URL, or no "
+        "memory)");
+
     target = ngx_http_dato_batch_target(b, orphan->key);
 
     /* the dead worker's count of queued records is the heir's now */
@@ -2003,17 +2008,8 @@ ngx_http_dato_batch_inherit(ngx_http_dato_batcher_t *b,
         orphan->batcher = b;
         orphan->attempts = 0;
 
-        ngx_http_dato_batch_log_ids(orphan, NGX_LOG_ERR,
-                                    (u_char *) "dato: gave up publishing "
-                                    "the records of a worker process that "
-                                    "died (no location of this "
-                                    "configuration uses its token and URL, "
-                                    "or no memory)",
-                                    sizeof("dato: gave up publishing the "
-                                           "records of a worker process "
-                                           "that died (no location of this "
-                                           "configuration uses its token "
-                                           "and URL, or no memory)") - 1);
+        ngx_http_dato_batch_log_ids(orphan, NGX_LOG_ERR, orphaned.data,
+                                    orphaned.len);
 
         ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
                                orphan->nids);
@@ -2129,6 +2125,10 @@ ngx_http_dato_batch_unspool(void *data, uint32_t key, ngx_str_t *env,
     ngx_http_dato_batch_t   *lost;
     ngx_http_dato_target_t  *target;
 
+    static ngx_str_t  foreign = ngx_string(
+        "dato: gave up publishing spooled records: no location of this "
+        "configuration uses their token and URL");
+
     target = ngx_http_dato_batch_target(b, key);
 
     if (target
@@ -2161,14 +2161,7 @@ ngx_http_dato_batch_unspool(void *data, uint32_t key, ngx_str_t *env,
         lost->ids[i].len = (u_char) ids[i].len;
     }
 
-    ngx_http_dato_batch_log_ids(lost, NGX_LOG_ERR,
-                                (u_char *) "dato: gave up publishing spooled "
-                                "records: no location of this configuration "
-                                "uses their token and URL",
-                                sizeof("dato: gave up publishing spooled "
-                                       "records: no location of this "
-                                       "configuration uses their token and "
-                                       "URL") - 1);
+    ngx_http_dato_batch_log_ids(lost, NGX_LOG_ERR, foreign.data, foreign.len);
 
     ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP, n);
 

@@ -28,6 +28,9 @@
 /* a spool holds at most what queues hold: far less than this */
 #define NGX_HTTP_DATO_SPOOL_MAX   (64 * 1024 * 1024)
 
+/* a line's records: a batch's, at most DatoCMS's 200 per bulk call */
+#define NGX_HTTP_DATO_SPOOL_IDS   200
+
 
 struct ngx_http_dato_spool_s {
     ngx_fd_t                      fd;
@@ -449,7 +452,8 @@ ngx_http_dato_spool_parse(u_char *p, u_char *last,
 
     p = ngx_http_dato_spool_line(p, last, &line);
 
-    ids = ngx_alloc(200 * sizeof(ngx_http_dato_parse_str_t), ngx_cycle->log);
+    ids = ngx_alloc(NGX_HTTP_DATO_SPOOL_IDS * sizeof(ngx_http_dato_parse_str_t),
+                    ngx_cycle->log);
     if (ids == NULL) {
         return NGX_ERROR;
     }
@@ -480,8 +484,8 @@ ngx_http_dato_spool_parse(u_char *p, u_char *last,
         k = ngx_hextoi(f[0], f[1] - f[0] - 1);
         n = ngx_atoi(f[2], q - f[2]);
 
-        if (k == NGX_ERROR || f[1] - f[0] - 1 != 8 || n <= 0 || n > 200
-            || f[2] > q)
+        if (k == NGX_ERROR || f[1] - f[0] - 1 != 8 || n <= 0
+            || n > NGX_HTTP_DATO_SPOOL_IDS || f[2] > q)
         {
             goto failed;
         }
