@@ -17,6 +17,9 @@ struct ngx_http_dato_shctx_s {
     /* the scheduler's entries, see ngx_http_dato_sched_init_zone() */
     void                         *sched;
 
+    /* the replay guard's IDs, see ngx_http_dato_seen.c */
+    void                         *seen;
+
     /*
      * the journal: every worker's batches that hold records answered 2xx
      * and not yet accepted by DatoCMS, so that a dead worker's are found
@@ -250,6 +253,20 @@ ngx_http_dato_shm_tokens(ngx_shm_zone_t *zone)
     }
 
     return rc;
+}
+
+
+/* where the replay guard keeps its root; it locks the zone itself */
+
+void **
+ngx_http_dato_shm_seen(ngx_shm_zone_t *zone, ngx_slab_pool_t **shpool)
+{
+    ngx_http_dato_shm_ctx_t  *ctx;
+
+    ctx = zone->data;
+    *shpool = ctx->shpool;
+
+    return &ctx->sh->seen;
 }
 
 

@@ -128,6 +128,8 @@ ngx_uint_t ngx_http_dato_shm_journal_take(ngx_shm_zone_t *zone,
     ngx_http_dato_shm_dead_pt dead, ngx_queue_t **found, ngx_uint_t n);
 ngx_int_t ngx_http_dato_shm_key(ngx_shm_zone_t *zone, uint32_t key,
     ngx_uint_t cap, ngx_uint_t *index);
+void **ngx_http_dato_shm_seen(ngx_shm_zone_t *zone,
+    ngx_slab_pool_t **shpool);
 char *ngx_http_dato_shm_check(ngx_conf_t *cf, ngx_shm_zone_t *zone);
 void ngx_http_dato_shm_init_process(ngx_shm_zone_t *zone);
 
