@@ -54,7 +54,10 @@
 #        "code":"<CODE>","doc_url":"https://www.datocms.com/docs/content-management-api/errors#<CODE>",
 #        "details":{...}[,"transient":true]}}]}
 #
-#   POST /items/bulk/publish   checks in this order, first failure answers:
+#   POST /items/bulk/publish, /items/bulk/unpublish and
+#   /items/bulk/move-to-stage  check in this order, first failure answers
+#   (the type is item_bulk_<action>_operation, "-" as "_"; move-to-stage
+#   alone has "attributes":{"stage":"<non-empty string>"}, exactly):
 #     1. more than --limit requests in the window -> 429 RATE_LIMIT_EXCEEDED
 #        + "X-RateLimit-Reset: <int >= 1 s until the oldest counted request
 #        leaves the window>"
@@ -210,6 +213,8 @@
 #                          table, job counter and other config are kept
 #   GET  /__mock/stats     -> {"requests":n,"published_ids":n,
 #                              "unique_published_ids":n,
+#                              "action_ids":{"publish":n,"unpublish":n,
+#                                            "move-to-stage":n},
 #                              "status_counts":{"202":n,"429":n,...},
 #                              "pending_faults":n,"connections":n,"jobs":n}
 #                          published_ids = ids summed over 202 publish calls;
@@ -995,8 +1000,12 @@ sub api_request {
 
     my $route = 'other';
     my $job_id;
-    if ($req->{path} eq '/items/bulk/publish' && $req->{method} eq 'POST') {
-        $route = 'publish';
+    my $action;
+    if ($req->{method} eq 'POST'
+        && $req->{path} =~ m{^/items/bulk/(publish|unpublish|move-to-stage)$})
+    {
+        $route  = 'publish';
+        $action = $1;
     } elsif ($req->{method} eq 'GET' && $req->{path} =~ m{^/job-results/([^/]+)$}) {
         $route  = 'jobres';
         $job_id = $1;
@@ -1025,14 +1034,14 @@ sub api_request {
     } elsif (truthy($fault->{close}) || truthy($fault->{rst}) || truthy($fault->{reset})) {
         my $kind = truthy($fault->{close}) ? 'close' : 'reset';
         if (truthy($fault->{process})) {
-            my $real = $route eq 'publish' ? publish_answer($req, $json_ok, $doc, $fault)
+            my $real = $route eq 'publish' ? publish_answer($req, $json_ok, $doc, $fault, $action)
                      : $route eq 'jobres'  ? jobres_answer($req, $job_id)
                      :                       other_answer($req);
             $rec_job = $real->{job} if $route eq 'publish';
         }
         $ans = { drop => $kind };
     } elsif ($route eq 'publish') {
-        $ans = publish_answer($req, $json_ok, $doc, $fault);
+        $ans = publish_answer($req, $json_ok, $doc, $fault, $action);
         $rec_job = $ans->{job};
     } elsif ($route eq 'jobres') {
         $ans = jobres_answer($req, $job_id);
@@ -1151,8 +1160,17 @@ sub valid_record_id {
     return $id =~ /^[A-Za-z0-9_-]{21}[AQgw]\z/ ? 1 : 0;
 }
 
+# the bulk actions: their operation type, and whether they take attributes
+my %BULK = (
+    'publish'       => 'item_bulk_publish_operation',
+    'unpublish'     => 'item_bulk_unpublish_operation',
+    'move-to-stage' => 'item_bulk_move_to_stage_operation',
+);
+
 sub publish_answer {
-    my ($req, $json_ok, $doc, $fault) = @_;
+    my ($req, $json_ok, $doc, $fault, $action) = @_;
+    $action //= 'publish';
+    my $optype = $BULK{$action};
     my $err = common_checks($req);
     return $err if $err;
 
@@ -1176,12 +1194,26 @@ sub publish_answer {
     return shape_error('#/data: missing required key "type"') unless exists $d->{type};
     return shape_error('#/data/type: expected a string, got ' . json_kind($d->{type}))
         unless is_json_string($d->{type});
-    if ($d->{type} ne 'item_bulk_publish_operation') {
+    if ($d->{type} ne $optype) {
         return api_error(422, 'INVALID_TYPE',
-            { field => 'type', expected => 'item_bulk_publish_operation', received => as_text($d->{type}) });
+            { field => 'type', expected => $optype, received => as_text($d->{type}) });
     }
-    $m = check_keys($d, '#/data', 'type', 'relationships');
+    $m = $action eq 'move-to-stage'
+       ? check_keys($d, '#/data', 'type', 'attributes', 'relationships')
+       : check_keys($d, '#/data', 'type', 'relationships');
     return shape_error($m) if $m;
+    my $stage;
+    if ($action eq 'move-to-stage') {
+        my $a = $d->{attributes};
+        return shape_error('#/data/attributes: expected an object, got ' . json_kind($a))
+            unless ref $a eq 'HASH';
+        $m = check_keys($a, '#/data/attributes', 'stage');
+        return shape_error($m) if $m;
+        return shape_error('#/data/attributes/stage: expected a non-empty string, got '
+                           . json_kind($a->{stage}))
+            unless is_json_string($a->{stage}) && length $a->{stage};
+        $stage = as_text($a->{stage});
+    }
     my $r = $d->{relationships};
     return shape_error('#/data/relationships: expected an object, got ' . json_kind($r)) unless ref $r eq 'HASH';
     $m = check_keys($r, '#/data/relationships', 'items');
@@ -1254,6 +1286,8 @@ sub publish_answer {
     }
     $jobs{$jid} = {
         id      => $jid,
+        action  => $action,
+        stage   => $stage,
         items   => $n,
         ids     => \@ids,
         fail_ids => \@fail,
@@ -1540,10 +1574,16 @@ sub control_request {
         return ctl_json($c, $req, 200, { ok => JSON::PP::true, next_job => "$next_job" });
     }
     if ($p eq '/__mock/stats' && $m eq 'GET') {
-        my (%sc, $pub, %uniq);
+        my (%sc, $pub, %uniq, %by);
         $pub = 0;
+        %by = map { $_ => 0 } keys %BULK;
         for my $r (@records) {
             $sc{ $r->{status} }++;
+            if ($r->{status} == 202
+                && $r->{path} =~ m{^/items/bulk/(publish|unpublish|move-to-stage)(?:\?|$)})
+            {
+                $by{$1} += scalar @{ $r->{ids} };
+            }
             if ($r->{status} == 202 && $r->{path} =~ m{^/items/bulk/publish(?:\?|$)}) {
                 $pub += scalar @{ $r->{ids} };
                 $uniq{$_} = 1 for @{ $r->{ids} };
@@ -1553,6 +1593,7 @@ sub control_request {
             requests             => scalar(@records),
             published_ids        => $pub,
             unique_published_ids => scalar(keys %uniq),
+            action_ids           => \%by,
             status_counts        => \%sc,
             pending_faults       => scalar(@faults_publish) + scalar(@faults_jobres),
             connections          => scalar(keys %conns),
