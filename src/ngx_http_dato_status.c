@@ -10,8 +10,8 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
-#include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
+#include "ngx_http_dato_util.h"
 
 
 /* one line of the page: a Prometheus sample and a place in the JSON */
