@@ -18,6 +18,7 @@
 #include "ngx_http_dato.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
+#include "ngx_http_dato_valid.h"
 
 
 /* the calls per 3 s that DatoCMS allows a token */

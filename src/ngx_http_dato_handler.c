@@ -165,7 +165,7 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "dato: webhook ignored: %s", res.detail);
 
-        ngx_http_dato_count(r, res.reason[1] == 'n'
+        ngx_http_dato_count(r, res.reason == NGX_HTTP_DATO_REASON_ENTITY_TYPE
                                ? NGX_HTTP_DATO_IGNORED_ENTITY_TYPE
                                : NGX_HTTP_DATO_IGNORED_EVENT_TYPE);
 

@@ -30,6 +30,7 @@
 #endif
 
 #include "ngx_http_dato_parse.h"
+#include "ngx_http_dato_valid.h"
 
 
 /* open containers, and the keys of all open objects together */
@@ -949,7 +950,6 @@ static int
 ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
     size_t max_ids, ngx_http_dato_parse_result_t *res)
 {
-    unsigned               bit;
     ngx_http_dato_list_t  *list;
 
     if (s->entity_type.kind || s->event_type.kind) {
@@ -960,22 +960,11 @@ ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
             return NGX_HTTP_DATO_SCAN_DECLINED;
         }
 
-        if (!ngx_http_dato_tok_is(&s->entity_type, "item", 4)) {
-            res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-            res->title = "ignored";
-            res->reason = "entity_type";
-            strcpy(res->detail, "entity_type is not \"item\"");
-            return res->status;
-        }
-
-        bit = ngx_http_dato_event_bit((const char *) s->event_type.data,
-                                      s->event_type.len);
-
-        if ((bit & events) == 0) {
-            res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-            res->title = "ignored";
-            res->reason = "event_type";
-            strcpy(res->detail, "event_type is not in dato_publish_events");
+        if (ngx_http_dato_ignored(res, (const char *) s->entity_type.data,
+                                  s->entity_type.len,
+                                  (const char *) s->event_type.data,
+                                  s->event_type.len, events))
+        {
             return res->status;
         }
 

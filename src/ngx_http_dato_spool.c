@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 
 #include "ngx_http_dato_spool.h"
+#include "ngx_http_dato_valid.h"
 
 
 /*
