@@ -60,9 +60,9 @@ static char *ngx_http_dato_ca_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_dato_publish_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_dato_publish_wait(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -246,14 +246,14 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_publish_events"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_http_dato_events,
+      ngx_http_dato_publish_events,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("dato_publish_wait"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_dato_wait_mode,
+      ngx_http_dato_publish_wait,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -1026,7 +1026,7 @@ ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
-ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_dato_publish_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
@@ -1082,7 +1082,7 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 /* ngx_conf_set_enum_slot()'s message does not name the directive */
 
 static char *
-ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_dato_publish_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
