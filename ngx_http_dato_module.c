@@ -18,6 +18,7 @@
 #include "ngx_http_dato.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
+#include "ngx_http_dato_valid.h"
 
 
 /* the calls per 3 s that DatoCMS allows a token */
@@ -43,6 +44,14 @@ static char *ngx_http_dato_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_dato_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static void ngx_http_dato_merge_values(ngx_http_dato_loc_conf_t *conf,
+    ngx_http_dato_loc_conf_t *prev);
+static ngx_int_t ngx_http_dato_check_publish(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf);
+static char *ngx_http_dato_add_target(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf);
+static ngx_int_t ngx_http_dato_target_rate(ngx_http_dato_main_conf_t *dmcf,
+    ngx_http_dato_loc_conf_t *conf, ngx_http_dato_target_t *target);
 static char *ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -59,9 +68,9 @@ static char *ngx_http_dato_ca_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_dato_publish_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_dato_publish_wait(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -245,14 +254,14 @@ static ngx_command_t  ngx_http_dato_commands[] = {
 
     { ngx_string("dato_publish_events"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_http_dato_events,
+      ngx_http_dato_publish_events,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("dato_publish_wait"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_dato_wait_mode,
+      ngx_http_dato_publish_wait,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -464,12 +473,26 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dato_loc_conf_t *prev = parent;
     ngx_http_dato_loc_conf_t *conf = child;
 
-    char                       *rv;
-    uint32_t                    key;
-    ngx_http_dato_target_t     *target, **tp;
-    ngx_http_core_loc_conf_t   *clcf;
-    ngx_http_dato_main_conf_t  *dmcf;
+    ngx_http_dato_merge_values(conf, prev);
 
+    /* "dato_publish" is not inherited: nested locations have no handler */
+
+    if (!conf->publish) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_http_dato_check_publish(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_dato_add_target(cf, conf);
+}
+
+
+static void
+ngx_http_dato_merge_values(ngx_http_dato_loc_conf_t *conf,
+    ngx_http_dato_loc_conf_t *prev)
+{
     ngx_conf_merge_str_value(conf->api_url, prev->api_url,
                              "https://site-api.datocms.com");
     ngx_conf_merge_str_value(conf->token, prev->token, "");
@@ -497,35 +520,48 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->wait, prev->wait, NGX_HTTP_DATO_WAIT_JOB);
     ngx_conf_merge_msec_value(conf->publish_timeout, prev->publish_timeout,
                               7000);
+}
 
-    /* "dato_publish" is not inherited: nested locations have no handler */
 
-    if (!conf->publish) {
-        return NGX_CONF_OK;
-    }
+/*
+ * What only the merge can see, the settings of several levels together,
+ * is told at the line of "dato_publish".
+ */
 
-    /*
-     * what only the merge can see, the settings of several levels
-     * together, is told at the line of "dato_publish"
-     */
-
+static ngx_int_t
+ngx_http_dato_check_publish(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
+{
     if (conf->token.len == 0) {
         ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->publish_at,
                                   "\"dato_publish\" needs \"dato_api_token\" "
                                   "or \"dato_api_token_file\"");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->wait == NGX_HTTP_DATO_WAIT_RESULT && !conf->job_poll) {
         ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->publish_at,
                                   "\"dato_publish_wait result\" needs "
                                   "\"dato_job_poll on\"");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     if (conf->secret_header.len) {
         ngx_http_dato_check_secret_header(cf, conf);
     }
+
+    return NGX_OK;
+}
+
+
+/* where a "dato_publish" location's batches go: its API, token and budget */
+
+static char *
+ngx_http_dato_add_target(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
+{
+    char                       *rv;
+    ngx_http_dato_target_t     *target, **tp;
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_dato_main_conf_t  *dmcf;
 
     target = ngx_pcalloc(cf->pool, sizeof(ngx_http_dato_target_t));
     if (target == NULL) {
@@ -558,17 +594,43 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     target->batch_size = conf->batch_size;
     target->batch_window = conf->batch_window;
     target->retry_timeout = conf->retry_timeout;
-
-    /*
-     * DatoCMS limits calls per token: every location and worker that uses
-     * one token draws from one scheduler entry, found by a hash of the URL
-     * and the token, so that the token itself stays out of shared memory
-     */
+    target->job_poll = conf->job_poll;
+    target->job_timeout = conf->job_timeout;
 
     dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dato_module);
 
-    target->job_poll = conf->job_poll;
-    target->job_timeout = conf->job_timeout;
+    if (ngx_http_dato_target_rate(dmcf, conf, target) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    tp = ngx_array_push(&dmcf->targets);
+    if (tp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *tp = target;
+
+    /* filled per worker: the conf is the worker's own copy after fork */
+    ngx_queue_init(&target->open);
+    ngx_queue_init(&target->line);
+
+    conf->target = target;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * DatoCMS limits calls per token: every location and worker that uses
+ * one token draws from one scheduler entry, found by a hash of the URL
+ * and the token, so that the token itself stays out of shared memory
+ */
+
+static ngx_int_t
+ngx_http_dato_target_rate(ngx_http_dato_main_conf_t *dmcf,
+    ngx_http_dato_loc_conf_t *conf, ngx_http_dato_target_t *target)
+{
+    uint32_t  key;
 
     key = ngx_crc32_long(target->client.authorization.data,
                          target->client.authorization.len)
@@ -578,30 +640,17 @@ ngx_http_dato_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               &target->rate.index)
         != NGX_OK)
     {
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     target->key = key;
-
-    tp = ngx_array_push(&dmcf->targets);
-    if (tp == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    *tp = target;
 
     target->rate.zone = dmcf->zone;
     target->rate.cap = conf->rate_limit;
     target->rate.period = conf->rate_period;
     target->rate.timeout = conf->api_timeout;
 
-    /* filled per worker: the conf is the worker's own copy after fork */
-    ngx_queue_init(&target->open);
-    ngx_queue_init(&target->line);
-
-    conf->target = target;
-
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 
@@ -1025,7 +1074,7 @@ ngx_http_dato_environment(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
-ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_dato_publish_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
@@ -1081,7 +1130,7 @@ ngx_http_dato_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 /* ngx_conf_set_enum_slot()'s message does not name the directive */
 
 static char *
-ngx_http_dato_wait_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_dato_publish_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 

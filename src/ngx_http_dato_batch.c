@@ -1264,8 +1264,8 @@ ngx_http_dato_batch_notify(ngx_http_dato_batch_t *batch, ngx_uint_t final)
             job->failed = batch->failed;
         }
 
-        if (batch->fail_status && w->failed == 0) {
-            w->failed = batch->fail_status;
+        if (batch->fail_status && w->fail_status == 0) {
+            w->fail_status = batch->fail_status;
 
             if (batch->fail_code.len) {
                 w->code.data = ngx_pstrdup(w->pool, &batch->fail_code);

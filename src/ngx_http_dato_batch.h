@@ -25,7 +25,7 @@
 #define ngx_http_dato_plural(n)  ((n) == 1 ? "" : "s")
 
 
-/* waiter->failed when DatoCMS gave no answer at all */
+/* waiter->fail_status when DatoCMS gave no answer at all */
 #define NGX_HTTP_DATO_NO_ANSWER  1
 
 
@@ -92,7 +92,7 @@ struct ngx_http_dato_waiter_s {
     ngx_array_t                   refused;
 
     /* the first failure: DatoCMS's status, or NGX_HTTP_DATO_NO_ANSWER */
-    ngx_uint_t                    failed;
+    ngx_uint_t                    fail_status;
     ngx_str_t                     code;
 
     /* set once ngx_http_dato_batch_add() has returned */

@@ -12,6 +12,7 @@
 #include "ngx_http_dato.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_parse.h"
+#include "ngx_http_dato_util.h"
 
 
 /* what a 503 asks the sender to wait before it tries again, in seconds */
@@ -26,8 +27,12 @@ typedef struct {
 
 
 static void ngx_http_dato_body_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_dato_publish(ngx_http_request_t *r,
+static ngx_int_t ngx_http_dato_queue_webhook(ngx_http_request_t *r,
     ngx_http_dato_parse_result_t *res);
+static ngx_int_t ngx_http_dato_send_too_many(ngx_http_request_t *r, size_t n,
+    ngx_uint_t queue_size);
+static ngx_http_dato_ctx_t *ngx_http_dato_create_ctx(ngx_http_request_t *r,
+    ngx_http_dato_loc_conf_t *dlcf, ngx_http_dato_waiter_t **w);
 static ngx_int_t ngx_http_dato_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_dato_json_type(ngx_http_request_t *r);
@@ -41,15 +46,18 @@ static ngx_int_t ngx_http_dato_refused(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records);
 static void ngx_http_dato_log_failed(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records);
-static ngx_int_t ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *title, const char *detail, ngx_str_t *code);
-static ngx_int_t ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status,
-    json_t *root);
+static ngx_int_t ngx_http_dato_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *title, const char *detail,
+    ngx_str_t *code);
+static ngx_int_t ngx_http_dato_send_retry(ngx_http_request_t *r,
+    const char *title, const char *detail);
+static ngx_int_t ngx_http_dato_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, json_t *root);
 static ngx_int_t ngx_http_dato_add_header(ngx_http_request_t *r,
     const char *name, const char *value);
 static ngx_int_t ngx_http_dato_result(ngx_http_request_t *r,
     ngx_http_dato_waiter_t *w, ngx_uint_t records);
-static void ngx_http_dato_count(ngx_http_request_t *r, ngx_uint_t stat);
+static void ngx_http_dato_count_webhook(ngx_http_request_t *r, ngx_uint_t stat);
 static ngx_int_t ngx_http_dato_variable_jobs(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_dato_variable_records(ngx_http_request_t *r,
@@ -74,7 +82,7 @@ ngx_http_dato_handler(ngx_http_request_t *r)
     ngx_int_t                  rc;
     ngx_http_dato_loc_conf_t  *dlcf;
 
-    ngx_http_dato_count(r, NGX_HTTP_DATO_WEBHOOKS_RECEIVED);
+    ngx_http_dato_count_webhook(r, NGX_HTTP_DATO_WEBHOOKS_RECEIVED);
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
 
@@ -91,9 +99,10 @@ ngx_http_dato_handler(ngx_http_request_t *r)
                       "dato: webhook without the right \"%V\" header",
                       &dlcf->secret_header);
 
-        return ngx_http_dato_error(r, NGX_HTTP_UNAUTHORIZED, "unauthorized",
-                                   "the webhook secret is missing or wrong",
-                                   NULL);
+        return ngx_http_dato_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                        "unauthorized",
+                                        "the webhook secret is missing or "
+                                        "wrong", NULL);
     }
 
     if (!(r->method & NGX_HTTP_POST)) {
@@ -107,9 +116,9 @@ ngx_http_dato_handler(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_dato_error(r, NGX_HTTP_NOT_ALLOWED,
-                                   "method not allowed",
-                                   "webhooks are sent with POST", NULL);
+        return ngx_http_dato_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                        "method not allowed",
+                                        "webhooks are sent with POST", NULL);
     }
 
     if (ngx_http_dato_json_type(r) != NGX_OK) {
@@ -119,16 +128,16 @@ ngx_http_dato_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        return ngx_http_dato_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
-                                   "unsupported media type",
-                                   "the body must be application/json",
-                                   NULL);
+        return ngx_http_dato_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                        "unsupported media type",
+                                        "the body must be application/json",
+                                        NULL);
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_dato_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        ngx_http_dato_count(r, ngx_http_dato_stat_rejected(rc));
+        ngx_http_dato_count_webhook(r, ngx_http_dato_stat_rejected(rc));
         return rc;
     }
 
@@ -141,6 +150,7 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
     ngx_str_t                      body;
+    ngx_uint_t                     stat;
     ngx_http_dato_loc_conf_t      *dlcf;
     ngx_http_dato_parse_result_t   res;
 
@@ -157,25 +167,28 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
     switch (res.status) {
 
     case NGX_HTTP_DATO_PARSE_PUBLISH:
-        rc = ngx_http_dato_publish(r, &res);
+        rc = ngx_http_dato_queue_webhook(r, &res);
         break;
 
     case NGX_HTTP_DATO_PARSE_IGNORED:
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "dato: webhook ignored: %s", res.detail);
 
-        ngx_http_dato_count(r, res.reason[1] == 'n'
-                               ? NGX_HTTP_DATO_IGNORED_ENTITY_TYPE
-                               : NGX_HTTP_DATO_IGNORED_EVENT_TYPE);
+        stat = (res.reason == NGX_HTTP_DATO_REASON_ENTITY_TYPE)
+               ? NGX_HTTP_DATO_IGNORED_ENTITY_TYPE
+               : NGX_HTTP_DATO_IGNORED_EVENT_TYPE;
 
-        rc = ngx_http_dato_send(r, NGX_HTTP_OK,
-                                json_pack("{s:{s:s, s:s}}", "meta",
-                                          "status", "ignored",
-                                          "reason", res.detail));
+        ngx_http_dato_count_webhook(r, stat);
+
+        rc = ngx_http_dato_send_json(r, NGX_HTTP_OK,
+                                     json_pack("{s:{s:s, s:s}}", "meta",
+                                               "status", "ignored",
+                                               "reason", res.detail));
         break;
 
     default:
-        rc = ngx_http_dato_error(r, res.status, res.title, res.detail, NULL);
+        rc = ngx_http_dato_send_error(r, res.status, res.title, res.detail,
+                                      NULL);
     }
 
     ngx_http_dato_parse_free(&res);
@@ -189,9 +202,9 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
 /* NGX_AGAIN: the webhook waits for its batches, with its body reference */
 
 static ngx_int_t
-ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
+ngx_http_dato_queue_webhook(ngx_http_request_t *r,
+    ngx_http_dato_parse_result_t *res)
 {
-    u_char                      detail[128];
     ngx_int_t                   rc;
     ngx_str_t                   env;
     ngx_http_dato_ctx_t        *ctx;
@@ -202,24 +215,8 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_dato_module);
 
-    /*
-     * more records than a worker's queue can ever hold: a 503 would be
-     * retried forever, as the queue frees and the webhook still does not fit
-     */
-
     if (res->nids > dmcf->queue_size) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "dato: %uz record%s refused: more than "
-                      "dato_queue_size %ui", res->nids,
-                      ngx_http_dato_plural(res->nids), dmcf->queue_size);
-
-        ngx_snprintf(detail, sizeof(detail),
-                     "%uz records, more than the %ui that the publish "
-                     "queue can hold%Z", res->nids, dmcf->queue_size);
-
-        return ngx_http_dato_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "too many records", (char *) detail,
-                                   NULL);
+        return ngx_http_dato_send_too_many(r, res->nids, dmcf->queue_size);
     }
 
     if (dmcf->batcher == NULL) {
@@ -242,17 +239,9 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     {
         /* nothing is queued that could not be sent: the sender retries */
 
-        if (ngx_http_dato_add_header(r, "Retry-After",
-                                     NGX_HTTP_DATO_RETRY_AFTER)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "API host not found",
-                                   "the DatoCMS API host could not be "
-                                   "resolved, try again later", NULL);
+        return ngx_http_dato_send_retry(r, "API host not found",
+                                        "the DatoCMS API host could not be "
+                                        "resolved, try again later");
     }
 
     if (dlcf->environment.len) {
@@ -263,51 +252,27 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
         env.len = res->environment.len;
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_ctx_t));
+    ctx = ngx_http_dato_create_ctx(r, dlcf, &w);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->request = r;
-    w = NULL;
-
-    if (dlcf->wait != NGX_HTTP_DATO_WAIT_NONE) {
-        w = &ctx->waiter;
-
-        if (ngx_http_dato_waiter_init(w, r->pool) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        w->handler = ngx_http_dato_wake;
-        w->data = ctx;
-        w->result = (dlcf->wait == NGX_HTTP_DATO_WAIT_RESULT);
     }
 
     rc = ngx_http_dato_batch_add(dmcf->batcher, dlcf->target, &env,
                                  res->ids, res->nids, w, r->connection->log);
 
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
-        if (ngx_http_dato_add_header(r, "Retry-After",
-                                     NGX_HTTP_DATO_RETRY_AFTER)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "dato: %uz record%s refused: %s", res->nids,
                       ngx_http_dato_plural(res->nids),
                       rc == NGX_BUSY ? "dato_queue_size is reached"
                                      : "the worker process is exiting");
 
-        return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "queue full",
-                                   rc == NGX_BUSY
-                                   ? "the publish queue is full, "
-                                     "try again later"
-                                   : "the server is shutting down, "
-                                     "try again later",
-                                   NULL);
+        return ngx_http_dato_send_retry(r, "queue full",
+                                        rc == NGX_BUSY
+                                        ? "the publish queue is full, "
+                                          "try again later"
+                                        : "the server is shutting down, "
+                                          "try again later");
     }
 
     if (rc != NGX_OK) {
@@ -317,7 +282,7 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     ctx->records = res->nids;
     ngx_http_set_ctx(r, ctx, ngx_http_dato_module);
 
-    ngx_http_dato_count(r, NGX_HTTP_DATO_WEBHOOKS_ACCEPTED);
+    ngx_http_dato_count_webhook(r, NGX_HTTP_DATO_WEBHOOKS_ACCEPTED);
 
     if (w == NULL || w->pending == 0) {
         return ngx_http_dato_answer(r, w, res->nids, w == NULL);
@@ -331,6 +296,66 @@ ngx_http_dato_publish(ngx_http_request_t *r, ngx_http_dato_parse_result_t *res)
     r->read_event_handler = ngx_http_test_reading;
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * More records than a worker's queue can ever hold: a 503 would be
+ * retried forever, as the queue frees and the webhook still does not fit.
+ */
+
+static ngx_int_t
+ngx_http_dato_send_too_many(ngx_http_request_t *r, size_t n,
+    ngx_uint_t queue_size)
+{
+    u_char  detail[128];
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "dato: %uz record%s refused: more than "
+                  "dato_queue_size %ui", n, ngx_http_dato_plural(n),
+                  queue_size);
+
+    ngx_snprintf(detail, sizeof(detail),
+                 "%uz records, more than the %ui that the publish "
+                 "queue can hold%Z", n, queue_size);
+
+    return ngx_http_dato_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    "too many records", (char *) detail,
+                                    NULL);
+}
+
+
+/* the webhook's context; *w its waiter, NULL with "dato_publish_wait none" */
+
+static ngx_http_dato_ctx_t *
+ngx_http_dato_create_ctx(ngx_http_request_t *r, ngx_http_dato_loc_conf_t *dlcf,
+    ngx_http_dato_waiter_t **w)
+{
+    ngx_http_dato_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    ctx->request = r;
+    *w = NULL;
+
+    if (dlcf->wait == NGX_HTTP_DATO_WAIT_NONE) {
+        return ctx;
+    }
+
+    if (ngx_http_dato_waiter_init(&ctx->waiter, r->pool) != NGX_OK) {
+        return NULL;
+    }
+
+    ctx->waiter.handler = ngx_http_dato_wake;
+    ctx->waiter.data = ctx;
+    ctx->waiter.result = (dlcf->wait == NGX_HTTP_DATO_WAIT_RESULT);
+
+    *w = &ctx->waiter;
+
+    return ctx;
 }
 
 
@@ -402,26 +427,18 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     static ngx_str_t  accepted_tail =
                                   ngx_string(",\"status\":\"accepted\"}}\n");
 
-    if (w && w->failed && !queued) {
+    if (w && w->fail_status && !queued) {
 
         if (ngx_exiting || ngx_terminate) {
 
             /* nothing was published: the sender is to try again */
 
-            if (ngx_http_dato_add_header(r, "Retry-After",
-                                         NGX_HTTP_DATO_RETRY_AFTER)
-                != NGX_OK)
-            {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            return ngx_http_dato_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "shutting down",
-                                       "the server is shutting down, "
-                                       "try again later", NULL);
+            return ngx_http_dato_send_retry(r, "shutting down",
+                                            "the server is shutting down, "
+                                            "try again later");
         }
 
-        if (w->failed == NGX_HTTP_DATO_NO_ANSWER) {
+        if (w->fail_status == NGX_HTTP_DATO_NO_ANSWER) {
             ngx_snprintf(detail, sizeof(detail),
                          "DatoCMS did not answer: the records were not "
                          "published%Z");
@@ -429,7 +446,7 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
         } else {
             ngx_snprintf(detail, sizeof(detail),
                          "DatoCMS answered %ui: the records were not "
-                         "published%Z", w->failed);
+                         "published%Z", w->fail_status);
         }
 
         ngx_http_dato_log_failed(r, w, records);
@@ -438,9 +455,9 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
             return ngx_http_dato_refused(r, w, records);
         }
 
-        return ngx_http_dato_error(r, NGX_HTTP_BAD_GATEWAY,
-                                   "publish failed", (char *) detail,
-                                   &w->code);
+        return ngx_http_dato_send_error(r, NGX_HTTP_BAD_GATEWAY,
+                                        "publish failed", (char *) detail,
+                                        &w->code);
     }
 
     if (w && w->result && !queued) {
@@ -491,13 +508,13 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
         }
     }
 
-    return ngx_http_dato_send(r, NGX_HTTP_ACCEPTED,
-                              json_pack("{s:o, s:{s:I, s:s}}",
-                                        "data", jobs,
-                                        "meta",
-                                        "records", (json_int_t) records,
-                                        "status",
-                                        queued ? "queued" : "accepted"));
+    return ngx_http_dato_send_json(r, NGX_HTTP_ACCEPTED,
+                                   json_pack("{s:o, s:{s:I, s:s}}",
+                                             "data", jobs,
+                                             "meta",
+                                             "records", (json_int_t) records,
+                                             "status",
+                                             queued ? "queued" : "accepted"));
 }
 
 
@@ -564,21 +581,21 @@ ngx_http_dato_result(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                         "title", "publish failed",
                         "detail", "a DatoCMS job did not publish every record");
 
-        return ngx_http_dato_send(r, NGX_HTTP_BAD_GATEWAY,
-                                  json_pack("{s:[o], s:{s:o, s:I}}",
-                                            "errors", err,
-                                            "meta", "jobs", data,
-                                            "records",
-                                            (json_int_t) records));
+        return ngx_http_dato_send_json(r, NGX_HTTP_BAD_GATEWAY,
+                                       json_pack("{s:[o], s:{s:o, s:I}}",
+                                                 "errors", err,
+                                                 "meta", "jobs", data,
+                                                 "records",
+                                                 (json_int_t) records));
     }
 
-    return ngx_http_dato_send(r, unknown ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK,
-                              json_pack("{s:o, s:{s:I, s:s}}",
-                                        "data", data,
-                                        "meta",
-                                        "records", (json_int_t) records,
-                                        "status",
-                                        unknown ? "queued" : "published"));
+    return ngx_http_dato_send_json(r, unknown ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK,
+                                   json_pack("{s:o, s:{s:I, s:s}}",
+                                             "data", data,
+                                             "meta",
+                                             "records", (json_int_t) records,
+                                             "status",
+                                             unknown ? "queued" : "published"));
 }
 
 
@@ -593,11 +610,12 @@ ngx_http_dato_log_failed(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
 {
     u_char      *p, *last, line[1024];
     ngx_str_t   *id, *code;
-    ngx_uint_t   i;
+    ngx_uint_t   i, status;
 
     static ngx_str_t  none = ngx_string("-");
 
     code = w->code.len ? &w->code : &none;
+    status = (w->fail_status == NGX_HTTP_DATO_NO_ANSWER) ? 0 : w->fail_status;
 
     p = line;
     last = line + sizeof(line) - sizeof(" ...");
@@ -617,8 +635,7 @@ ngx_http_dato_log_failed(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                       "dato: webhook answered 502: %ui of its %ui record%s "
                       "not published (status %ui, code %V): %*s",
                       w->refused.nelts, records, ngx_http_dato_plural(records),
-                      w->failed == NGX_HTTP_DATO_NO_ANSWER ? 0 : w->failed,
-                      code, p - line, line);
+                      status, code, p - line, line);
         return;
     }
 
@@ -626,8 +643,8 @@ ngx_http_dato_log_failed(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                   "dato: webhook answered 502: its %ui record%s not "
                   "published (status %ui, code %V)%s%*s",
                   records, ngx_http_dato_plural(records),
-                  w->failed == NGX_HTTP_DATO_NO_ANSWER ? 0 : w->failed,
-                  code, w->refused.nelts ? ": " : "", p - line, line);
+                  status, code, w->refused.nelts ? ": " : "", p - line,
+                  line);
 }
 
 
@@ -662,7 +679,7 @@ ngx_http_dato_refused(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
         }
     }
 
-    if (w->failed == NGX_HTTP_DATO_NO_ANSWER) {
+    if (w->fail_status == NGX_HTTP_DATO_NO_ANSWER) {
         ngx_snprintf(detail, sizeof(detail),
                      "DatoCMS did not answer: %ui of the %ui records were "
                      "not published%Z", w->refused.nelts, records);
@@ -670,7 +687,7 @@ ngx_http_dato_refused(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
     } else {
         ngx_snprintf(detail, sizeof(detail),
                      "DatoCMS answered %ui: %ui of the %ui records were not "
-                     "published%Z", w->failed, w->refused.nelts, records);
+                     "published%Z", w->fail_status, w->refused.nelts, records);
     }
 
     err = json_pack("{s:s, s:s, s:s, s:s#}", "status", "502",
@@ -678,24 +695,24 @@ ngx_http_dato_refused(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
                     "code", w->code.len ? (char *) w->code.data : "-",
                     (int) (w->code.len ? w->code.len : 1));
 
-    return ngx_http_dato_send(r, NGX_HTTP_BAD_GATEWAY,
-                              json_pack("{s:[o], s:{s:I, s:o}}",
-                                        "errors", err,
-                                        "meta",
-                                        "records", (json_int_t) records,
-                                        "refused", ids));
+    return ngx_http_dato_send_json(r, NGX_HTTP_BAD_GATEWAY,
+                                   json_pack("{s:[o], s:{s:I, s:o}}",
+                                             "errors", err,
+                                             "meta",
+                                             "records", (json_int_t) records,
+                                             "refused", ids));
 }
 
 
 static ngx_int_t
-ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *title, const char *detail, ngx_str_t *code)
+ngx_http_dato_send_error(ngx_http_request_t *r, ngx_uint_t status,
+         const char *title, const char *detail, ngx_str_t *code)
 {
     u_char   text[NGX_INT_T_LEN + 1];
     json_t  *err;
 
     if (status != NGX_HTTP_BAD_GATEWAY) {
-        ngx_http_dato_count(r, ngx_http_dato_stat_rejected(status));
+        ngx_http_dato_count_webhook(r, ngx_http_dato_stat_rejected(status));
     }
 
     ngx_sprintf(text, "%ui%Z", status);
@@ -708,16 +725,33 @@ ngx_http_dato_error(ngx_http_request_t *r, ngx_uint_t status,
                             json_stringn((char *) code->data, code->len));
     }
 
-    return ngx_http_dato_send(r, status,
-                              err ? json_pack("{s:[o]}", "errors", err)
-                                  : NULL);
+    return ngx_http_dato_send_json(r, status,
+                                   err ? json_pack("{s:[o]}", "errors", err)
+                                       : NULL);
+}
+
+
+/* 503 with Retry-After: nothing was queued, the sender is to try again */
+
+static ngx_int_t
+ngx_http_dato_send_retry(ngx_http_request_t *r, const char *title,
+    const char *detail)
+{
+    if (ngx_http_dato_add_header(r, "Retry-After", NGX_HTTP_DATO_RETRY_AFTER)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_dato_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, title,
+                                    detail, NULL);
 }
 
 
 /* sends the JSON document and gives up its reference */
 
 static ngx_int_t
-ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
+ngx_http_dato_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
 {
     ngx_buf_t  *b;
 
@@ -733,63 +767,6 @@ ngx_http_dato_send(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
     }
 
     return ngx_http_dato_output(r, status, "application/json", b);
-}
-
-
-/* the JSON document, compact, with a final newline; gives up root */
-
-ngx_buf_t *
-ngx_http_dato_json_buf(ngx_pool_t *pool, json_t *root)
-{
-    size_t      len;
-    ngx_buf_t  *b;
-
-    if (root == NULL) {
-        return NULL;
-    }
-
-    len = json_dumpb(root, NULL, 0, JSON_COMPACT);
-
-    b = ngx_create_temp_buf(pool, len + 1);
-
-    if (b) {
-        b->last += json_dumpb(root, (char *) b->pos, len, JSON_COMPACT);
-        *b->last++ = '\n';
-    }
-
-    json_decref(root);
-
-    return b;
-}
-
-
-ngx_int_t
-ngx_http_dato_output(ngx_http_request_t *r, ngx_uint_t status, char *type,
-    ngx_buf_t *b)
-{
-    ngx_int_t     rc;
-    ngx_chain_t   out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    r->headers_out.content_type.data = (u_char *) type;
-    r->headers_out.content_type.len = ngx_strlen(type);
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
 }
 
 
@@ -1000,7 +977,7 @@ ngx_http_dato_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
 
 static void
-ngx_http_dato_count(ngx_http_request_t *r, ngx_uint_t stat)
+ngx_http_dato_count_webhook(ngx_http_request_t *r, ngx_uint_t stat)
 {
     ngx_http_dato_main_conf_t  *dmcf;
 

@@ -16,13 +16,7 @@
 #include <ngx_http.h>
 
 
-#include <jansson.h>
-
-
 ngx_int_t ngx_http_dato_handler(ngx_http_request_t *r);
-ngx_buf_t *ngx_http_dato_json_buf(ngx_pool_t *pool, json_t *root);
-ngx_int_t ngx_http_dato_output(ngx_http_request_t *r, ngx_uint_t status,
-    char *type, ngx_buf_t *b);
 
 extern ngx_http_variable_t  ngx_http_dato_variables[];
 

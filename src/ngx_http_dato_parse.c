@@ -11,14 +11,13 @@
 #include <string.h>
 
 #include "ngx_http_dato_parse.h"
+#include "ngx_http_dato_valid.h"
 
 
 /* how many offending values a 422 names before it says "and N more" */
 #define NGX_HTTP_DATO_BAD_SHOWN  5
 #define NGX_HTTP_DATO_BAD_WIDTH  40
 
-/* 2^48 - 1, the largest numeric ID DatoCMS hands out */
-#define NGX_HTTP_DATO_NUM_ID_MAX  281474976710655ULL
 
 
 typedef struct {
@@ -40,41 +39,6 @@ static void ngx_http_dato_parse_ids_free(ngx_http_dato_parse_result_t *res);
 static void ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value);
 static int ngx_http_dato_fail(ngx_http_dato_parse_result_t *res, int status,
     const char *title, const char *fmt, ...);
-
-
-static const struct {
-    const char                 *name;
-    size_t                      len;
-    unsigned                    bit;
-} ngx_http_dato_events[] = {
-    { "create", 6, NGX_HTTP_DATO_EVENT_CREATE },
-    { "update", 6, NGX_HTTP_DATO_EVENT_UPDATE },
-    { "unpublish", 9, NGX_HTTP_DATO_EVENT_UNPUBLISH },
-    { "delete", 6, NGX_HTTP_DATO_EVENT_DELETE },
-    { "publish", 7, NGX_HTTP_DATO_EVENT_PUBLISH },
-    { NULL, 0, 0 }
-};
-
-
-/* the value of a base64url character, -1 for the others */
-static const signed char  ngx_http_dato_b64[256] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1
-};
 
 
 int
@@ -200,10 +164,7 @@ static int
 ngx_http_dato_parse_webhook(json_t *root, unsigned events,
     ngx_http_dato_parse_result_t *res)
 {
-    size_t       len;
-    json_t      *entity_type, *event_type, *entity, *id, *env, *primary;
-    unsigned     bit;
-    const char  *name;
+    json_t  *entity_type, *event_type, *entity, *id, *env, *primary;
 
     entity_type = json_object_get(root, "entity_type");
     event_type = json_object_get(root, "event_type");
@@ -215,27 +176,11 @@ ngx_http_dato_parse_webhook(json_t *root, unsigned events,
                                   "must be strings");
     }
 
-    name = json_string_value(entity_type);
-    len = json_string_length(entity_type);
-
-    if (len != 4 || memcmp(name, "item", 4) != 0) {
-        res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-        res->title = "ignored";
-        res->reason = "entity_type";
-        snprintf(res->detail, sizeof(res->detail),
-                 "entity_type is not \"item\"");
-        return res->status;
-    }
-
-    bit = ngx_http_dato_event_bit(json_string_value(event_type),
-                                  json_string_length(event_type));
-
-    if ((bit & events) == 0) {
-        res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-        res->title = "ignored";
-        res->reason = "event_type";
-        snprintf(res->detail, sizeof(res->detail),
-                 "event_type is not in dato_publish_events");
+    if (ngx_http_dato_ignored(res, json_string_value(entity_type),
+                              json_string_length(entity_type),
+                              json_string_value(event_type),
+                              json_string_length(event_type), events))
+    {
         return res->status;
     }
 
@@ -443,84 +388,6 @@ ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value)
     n = snprintf(bad->p, left, "%s%s", bad->used ? ", " : "", tmp);
     bad->p += (n < left) ? n : left - 1;
     bad->used++;
-}
-
-
-int
-ngx_http_dato_valid_id(const char *p, size_t len)
-{
-    size_t              i;
-    unsigned long long  n;
-
-    if (len == NGX_HTTP_DATO_ID_MAX_LEN) {
-
-        /*
-         * 16 bytes in unpadded base64url: the last character carries
-         * only 2 bits, so its low 4 bits must be zero
-         */
-
-        for (i = 0; i < len; i++) {
-            if (ngx_http_dato_b64[(unsigned char) p[i]] < 0) {
-                return 0;
-            }
-        }
-
-        return (ngx_http_dato_b64[(unsigned char) p[len - 1]] & 0x0f) == 0;
-    }
-
-    if (len == 0 || len > 15 || p[0] == '0') {
-        return 0;
-    }
-
-    n = 0;
-
-    for (i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9') {
-            return 0;
-        }
-
-        n = n * 10 + (p[i] - '0');
-    }
-
-    return n <= NGX_HTTP_DATO_NUM_ID_MAX;
-}
-
-
-int
-ngx_http_dato_valid_env(const char *p, size_t len)
-{
-    size_t  i;
-
-    if (len == 0 || len > NGX_HTTP_DATO_ENV_MAX_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < len; i++) {
-        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9')
-              || p[i] == '-'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
-}
-
-
-unsigned
-ngx_http_dato_event_bit(const char *name, size_t len)
-{
-    int  i;
-
-    for (i = 0; ngx_http_dato_events[i].name; i++) {
-        if (ngx_http_dato_events[i].len == len
-            && memcmp(ngx_http_dato_events[i].name, name, len) == 0)
-        {
-            return ngx_http_dato_events[i].bit;
-        }
-    }
-
-    return 0;
 }
 
 

@@ -6,7 +6,8 @@
  * jansson and DatoCMS IDs, and nothing of nginx, so that it can be built
  * and fuzzed on its own.  ngx_http_dato_scan() (ngx_http_dato_scan.c) is
  * its fast path, ngx_http_dato_parse_json() the jansson one that decides
- * whatever the fast path leaves.
+ * whatever the fast path leaves; both check names with
+ * ngx_http_dato_valid.c.
  */
 
 
@@ -32,6 +33,11 @@
 /* the fast path leaves the body to jansson */
 #define NGX_HTTP_DATO_SCAN_DECLINED  0
 
+/* why a webhook is ignored (NGX_HTTP_DATO_PARSE_IGNORED) */
+#define NGX_HTTP_DATO_REASON_NONE         0
+#define NGX_HTTP_DATO_REASON_ENTITY_TYPE  1
+#define NGX_HTTP_DATO_REASON_EVENT_TYPE   2
+
 /* dato_publish_events bits */
 #define NGX_HTTP_DATO_EVENT_CREATE     0x01
 #define NGX_HTTP_DATO_EVENT_UPDATE     0x02
@@ -50,8 +56,8 @@ typedef struct {
     int                         status;
     const char                 *title;
 
-    /* why a webhook is ignored: "entity_type" or "event_type" */
-    const char                 *reason;
+    /* why a webhook is ignored: NGX_HTTP_DATO_REASON_* */
+    int                         reason;
 
     /* the IDs point into root, which lives until ngx_http_dato_parse_free */
     ngx_http_dato_parse_str_t  *ids;
@@ -77,9 +83,6 @@ int ngx_http_dato_parse_json(const char *buf, size_t len, unsigned events,
 int ngx_http_dato_scan(const char *buf, size_t len, unsigned events,
     size_t max_ids, ngx_http_dato_parse_result_t *res);
 void ngx_http_dato_parse_free(ngx_http_dato_parse_result_t *res);
-int ngx_http_dato_valid_id(const char *p, size_t len);
-int ngx_http_dato_valid_env(const char *p, size_t len);
-unsigned ngx_http_dato_event_bit(const char *name, size_t len);
 
 
 #endif /* _NGX_HTTP_DATO_PARSE_H_INCLUDED_ */

@@ -30,6 +30,7 @@
 #endif
 
 #include "ngx_http_dato_parse.h"
+#include "ngx_http_dato_valid.h"
 
 
 /* open containers, and the keys of all open objects together */
@@ -117,6 +118,15 @@ static const unsigned char *ngx_http_dato_scan_special(
     const unsigned char *p, const unsigned char *end);
 static const unsigned char *ngx_http_dato_scan_number(
     const unsigned char *p);
+static int ngx_http_dato_scan_trim(const unsigned char **start,
+    const unsigned char **end);
+static const unsigned char *ngx_http_dato_scan_word(const unsigned char *p,
+    const unsigned char *last, const char *word, size_t len);
+static int ngx_http_dato_scan_new_key(ngx_http_dato_level_t *top,
+    ngx_http_dato_parse_str_t *key, const unsigned char *start,
+    const unsigned char *p);
+static int ngx_http_dato_scan_element(ngx_http_dato_scan_t *s, int at,
+    ngx_http_dato_tok_t **slot);
 static ngx_http_dato_tok_t *ngx_http_dato_scan_slot(ngx_http_dato_scan_t *s,
     int at, const unsigned char *key, size_t len, int *inner);
 static int ngx_http_dato_scan_push(ngx_http_dato_list_t *list,
@@ -327,26 +337,14 @@ ngx_http_dato_scan_body(ngx_http_dato_scan_t *s, const unsigned char *p,
 {
     int                         at, c, depth, escaped;
     size_t                      len;
-    uint64_t                    bit;
     const unsigned char        *last, *safe, *start;
     ngx_http_dato_tok_t        *slot;
     ngx_http_dato_level_t      *top;
-    ngx_http_dato_parse_str_t  *key, *k;
+    ngx_http_dato_parse_str_t  *key;
     ngx_http_dato_level_t       stack[NGX_HTTP_DATO_SCAN_DEPTH];
     ngx_http_dato_parse_str_t   keys[NGX_HTTP_DATO_SCAN_KEYS];
 
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
-        p++;
-    }
-
-    while (end > p
-           && (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\r'
-               || end[-1] == '\t'))
-    {
-        end--;
-    }
-
-    if (end - p < 2 || *p != '{' || end[-1] != '}') {
+    if (!ngx_http_dato_scan_trim(&p, &end)) {
         return 0;
     }
 
@@ -452,38 +450,23 @@ value:
         goto element;
 
     case 't':
-
-        if (last - p < 4 || memcmp(p, "true", 4) != 0) {
-            return 0;
-        }
-
-        p += 4;
+        p = ngx_http_dato_scan_word(p, last, "true", 4);
         break;
 
     case 'f':
-
-        if (last - p < 5 || memcmp(p, "false", 5) != 0) {
-            return 0;
-        }
-
-        p += 5;
+        p = ngx_http_dato_scan_word(p, last, "false", 5);
         break;
 
     case 'n':
-
-        if (last - p < 4 || memcmp(p, "null", 4) != 0) {
-            return 0;
-        }
-
-        p += 4;
+        p = ngx_http_dato_scan_word(p, last, "null", 4);
         break;
 
     default:
-
         p = ngx_http_dato_scan_number(p);
-        if (p == NULL) {
-            return 0;
-        }
+    }
+
+    if (p == NULL) {
+        return 0;
     }
 
     if (slot) {
@@ -543,22 +526,7 @@ close:
 
 element:
 
-    switch (top->at) {
-
-    case NGX_HTTP_DATO_AT_ITEM_LIST:
-        at = NGX_HTTP_DATO_AT_ITEM;
-        slot = NULL;
-        break;
-
-    case NGX_HTTP_DATO_AT_ID_LIST:
-        at = NGX_HTTP_DATO_AT_ID;
-        slot = &s->id;
-        break;
-
-    default:
-        at = NGX_HTTP_DATO_AT_NONE;
-        slot = NULL;
-    }
+    at = ngx_http_dato_scan_element(s, top->at, &slot);
 
     goto value;
 
@@ -586,29 +554,13 @@ key:
         }
     }
 
-    if (key == keys + NGX_HTTP_DATO_SCAN_KEYS) {
+    if (key == keys + NGX_HTTP_DATO_SCAN_KEYS
+        || !ngx_http_dato_scan_new_key(top, key, start, p))
+    {
         return 0;
     }
 
     len = p - start;
-
-    /*
-     * a key is compared with the others of its object only when one of
-     * them has the same length and ends: a 64-bit summary of the keys seen
-     * (p[-1] is the last byte of the key, or the opening quote)
-     */
-
-    bit = (uint64_t) 1 << ((len * 7 + *start + p[-1]) & 63);
-
-    if (top->seen & bit) {
-        for (k = top->keys; k < key; k++) {
-            if (k->len == len && memcmp(k->data, start, len) == 0) {
-                return 0;
-            }
-        }
-    }
-
-    top->seen |= bit;
 
     key->data = (const char *) start;
     key->len = len;
@@ -640,6 +592,108 @@ key:
     }
 
     goto value;
+}
+
+
+/*
+ * The body without the whitespace around it, which must be an object:
+ * its first byte '{', its last '}'.
+ */
+
+static int
+ngx_http_dato_scan_trim(const unsigned char **start, const unsigned char **end)
+{
+    const unsigned char  *p, *e;
+
+    p = *start;
+    e = *end;
+
+    while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+        p++;
+    }
+
+    while (e > p
+           && (e[-1] == ' ' || e[-1] == '\n' || e[-1] == '\r'
+               || e[-1] == '\t'))
+    {
+        e--;
+    }
+
+    *start = p;
+    *end = e;
+
+    return e - p >= 2 && *p == '{' && e[-1] == '}';
+}
+
+
+/* true, false or null: what follows it, or NULL */
+
+static const unsigned char *
+ngx_http_dato_scan_word(const unsigned char *p, const unsigned char *last,
+    const char *word, size_t len)
+{
+    if (last - p < (ptrdiff_t) len || memcmp(p, word, len) != 0) {
+        return NULL;
+    }
+
+    return p + len;
+}
+
+
+/*
+ * Whether the key from start to p, its closing quote, is not one of the
+ * keys of its object so far (top->keys up to "key").  A key is compared
+ * with the others only when one of them has the same length and ends: a
+ * 64-bit summary of the keys seen (p[-1] is the last byte of the key, or
+ * the opening quote).
+ */
+
+static int
+ngx_http_dato_scan_new_key(ngx_http_dato_level_t *top,
+    ngx_http_dato_parse_str_t *key, const unsigned char *start,
+    const unsigned char *p)
+{
+    size_t                      len;
+    uint64_t                    bit;
+    ngx_http_dato_parse_str_t  *k;
+
+    len = p - start;
+    bit = (uint64_t) 1 << ((len * 7 + *start + p[-1]) & 63);
+
+    if (top->seen & bit) {
+        for (k = top->keys; k < key; k++) {
+            if (k->len == len && memcmp(k->data, start, len) == 0) {
+                return 0;
+            }
+        }
+    }
+
+    top->seen |= bit;
+
+    return 1;
+}
+
+
+/* what an array's element is, and where it goes (*slot) */
+
+static int
+ngx_http_dato_scan_element(ngx_http_dato_scan_t *s, int at,
+    ngx_http_dato_tok_t **slot)
+{
+    switch (at) {
+
+    case NGX_HTTP_DATO_AT_ITEM_LIST:
+        *slot = NULL;
+        return NGX_HTTP_DATO_AT_ITEM;
+
+    case NGX_HTTP_DATO_AT_ID_LIST:
+        *slot = &s->id;
+        return NGX_HTTP_DATO_AT_ID;
+
+    default:
+        *slot = NULL;
+        return NGX_HTTP_DATO_AT_NONE;
+    }
 }
 
 
@@ -949,7 +1003,6 @@ static int
 ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
     size_t max_ids, ngx_http_dato_parse_result_t *res)
 {
-    unsigned               bit;
     ngx_http_dato_list_t  *list;
 
     if (s->entity_type.kind || s->event_type.kind) {
@@ -960,22 +1013,11 @@ ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
             return NGX_HTTP_DATO_SCAN_DECLINED;
         }
 
-        if (!ngx_http_dato_tok_is(&s->entity_type, "item", 4)) {
-            res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-            res->title = "ignored";
-            res->reason = "entity_type";
-            strcpy(res->detail, "entity_type is not \"item\"");
-            return res->status;
-        }
-
-        bit = ngx_http_dato_event_bit((const char *) s->event_type.data,
-                                      s->event_type.len);
-
-        if ((bit & events) == 0) {
-            res->status = NGX_HTTP_DATO_PARSE_IGNORED;
-            res->title = "ignored";
-            res->reason = "event_type";
-            strcpy(res->detail, "event_type is not in dato_publish_events");
+        if (ngx_http_dato_ignored(res, (const char *) s->entity_type.data,
+                                  s->entity_type.len,
+                                  (const char *) s->event_type.data,
+                                  s->event_type.len, events))
+        {
             return res->status;
         }
 

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 
 #include "ngx_http_dato_spool.h"
+#include "ngx_http_dato_valid.h"
 
 
 /*
@@ -24,6 +25,9 @@
  */
 
 #define NGX_HTTP_DATO_SPOOL_HEAD  "ngx_http_dato spool 1\n"
+
+/* the ENV of records that have no environment of their own */
+#define NGX_HTTP_DATO_SPOOL_NO_ENV  "-"
 
 /* a spool holds at most what queues hold: far less than this */
 #define NGX_HTTP_DATO_SPOOL_MAX   (64 * 1024 * 1024)
@@ -107,8 +111,10 @@ ngx_http_dato_spool_add(ngx_http_dato_spool_t *sp, uint32_t key,
     u_char      *p, line[128];
     ngx_uint_t   i;
 
+    static ngx_str_t  no_env = ngx_string(NGX_HTTP_DATO_SPOOL_NO_ENV);
+
     p = ngx_snprintf(line, sizeof(line), "records %08xD %V %ui\n", key,
-                     env->len ? env : &(ngx_str_t) ngx_string("-"), n);
+                     env->len ? env : &no_env, n);
 
     if (ngx_http_dato_spool_write(sp, line, p - line) != NGX_OK) {
         return NGX_ERROR;
@@ -494,7 +500,9 @@ ngx_http_dato_spool_parse(u_char *p, u_char *last,
         env.data = f[1];
         env.len = f[2] - f[1] - 1;
 
-        if (env.len == 1 && env.data[0] == '-') {
+        if (env.len == sizeof(NGX_HTTP_DATO_SPOOL_NO_ENV) - 1
+            && ngx_strncmp(env.data, NGX_HTTP_DATO_SPOOL_NO_ENV, env.len) == 0)
+        {
             env.len = 0;
         }
 

@@ -10,14 +10,19 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
-#include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
+#include "ngx_http_dato_util.h"
+
+
+/* a metric's Prometheus type, an index of ngx_http_dato_metric_types */
+#define NGX_HTTP_DATO_METRIC_COUNTER  0
+#define NGX_HTTP_DATO_METRIC_GAUGE    1
 
 
 /* one line of the page: a Prometheus sample and a place in the JSON */
 typedef struct {
     const char                   *name;
-    const char                   *type;
+    ngx_uint_t                    type;
     const char                   *help;
     const char                   *labels;
     const char                   *path;
@@ -38,10 +43,13 @@ static u_char *ngx_http_dato_status_seconds(u_char *p, u_char *last,
 
 
 #define ngx_http_dato_counter(name, help, labels, path, stat)                 \
-    { name, "counter", help, labels, path, stat }
+    { name, NGX_HTTP_DATO_METRIC_COUNTER, help, labels, path, stat }
 
 #define ngx_http_dato_gauge(name, help, labels, path, stat)                   \
-    { name, "gauge", help, labels, path, stat }
+    { name, NGX_HTTP_DATO_METRIC_GAUGE, help, labels, path, stat }
+
+
+static const char  *ngx_http_dato_metric_types[] = { "counter", "gauge" };
 
 
 static ngx_http_dato_metric_t  ngx_http_dato_metrics[] = {
@@ -146,7 +154,7 @@ static ngx_http_dato_metric_t  ngx_http_dato_metrics[] = {
         "Jobs that did not finish within dato_job_timeout.", NULL,
         "jobs.unfinished", NGX_HTTP_DATO_JOBS_UNFINISHED),
 
-    { NULL, NULL, NULL, NULL, NULL, 0 }
+    { NULL, 0, NULL, NULL, NULL, 0 }
 };
 
 
@@ -252,7 +260,7 @@ ngx_http_dato_status_json(ngx_http_request_t *r,
     for (m = ngx_http_dato_metrics; m->name; m++) {
         n = snap->stats[m->stat];
 
-        v = (m->type[0] == 'g')
+        v = (m->type == NGX_HTTP_DATO_METRIC_GAUGE)
             ? json_integer((json_int_t) (ngx_atomic_int_t) n)
             : json_integer((json_int_t) n);
 
@@ -417,7 +425,7 @@ ngx_http_dato_status_prometheus(ngx_http_request_t *r,
         if (prev == NULL || ngx_strcmp(prev, m->name) != 0) {
             p = ngx_slprintf(p, last, "# HELP %s %s\n# TYPE %s %s\n",
                              m->name, m->help ? m->help : "", m->name,
-                             m->type);
+                             ngx_http_dato_metric_types[m->type]);
             prev = m->name;
         }
 
@@ -425,7 +433,7 @@ ngx_http_dato_status_prometheus(ngx_http_request_t *r,
                          m->labels ? "{" : "", m->labels ? m->labels : "",
                          m->labels ? "}" : "");
 
-        if (m->type[0] == 'g') {
+        if (m->type == NGX_HTTP_DATO_METRIC_GAUGE) {
             p = ngx_slprintf(p, last, "%i\n",
                              (ngx_int_t) (ngx_atomic_int_t)
                              snap->stats[m->stat]);

@@ -55,7 +55,7 @@ build() {
     "$CLANG" -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined -Wall -Wextra "$@" \
         -I src t/fuzz/fuzz_parse.c src/ngx_http_dato_parse.c \
-        src/ngx_http_dato_scan.c -ljansson \
+        src/ngx_http_dato_scan.c src/ngx_http_dato_valid.c -ljansson \
         -o "$to.new" > "$out/build.log" 2>&1 && mv "$to.new" "$to"
 }
 
