@@ -363,8 +363,8 @@ ngx_http_dato_parse_list(json_t *list, int bulk,
 static void
 ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value)
 {
-    char    tmp[NGX_HTTP_DATO_BAD_WIDTH + 1];
-    size_t  n, left;
+    char    *dump, tmp[NGX_HTTP_DATO_BAD_WIDTH + 1];
+    size_t   n, left;
 
     bad->count++;
 
@@ -372,14 +372,26 @@ ngx_http_dato_bad_add(ngx_http_dato_bad_t *bad, json_t *value)
         return;
     }
 
-    n = json_dumpb(value, tmp, NGX_HTTP_DATO_BAD_WIDTH,
-                   JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
+    /*
+     * json_dumpb() into a buffer too small leaves it partly unwritten:
+     * the whole value is dumped, then cut
+     */
+
+    dump = json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT
+                             | JSON_ENSURE_ASCII);
+    n = dump ? strlen(dump) : 0;
 
     if (n > NGX_HTTP_DATO_BAD_WIDTH) {
         n = NGX_HTTP_DATO_BAD_WIDTH - 3;
         memcpy(tmp + n, "...", 3);
+        memcpy(tmp, dump, n);
         n += 3;
+
+    } else if (n) {
+        memcpy(tmp, dump, n);
     }
+
+    free(dump);
 
     tmp[n] = '\0';
 
