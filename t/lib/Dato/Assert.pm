@@ -15,7 +15,7 @@ package Dato::Assert;
 #                          named in a "gave up publishing" error.log line
 #   check_error($r, $code, $name)  the module's JSON error: status $code
 #                          (or one of [@codes]), {"errors":[{"status",
-#                          "title","detail"}]} and "code" on a 502
+#                          "title","detail"}]}; "code" and "meta" on a 502
 
 use strict;
 use warnings;
@@ -97,8 +97,8 @@ sub promise_ok {
 }
 
 # One JSON error object, {"errors":[{"status":"N","title":..,"detail":..}]},
-# with "code" (DatoCMS's) on a 502.  Eight tests; the error object, or
-# undef.
+# with "code" (DatoCMS's) and "meta" beside "errors" on a 502.  Eight
+# tests; the error object, or undef.
 sub check_error {
     my ($r, $code, $name) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
@@ -117,7 +117,10 @@ sub check_error {
         or return Test::More::diag(substr($r->{body} // '', 0, 600));
     my $e = $j->{errors}[0];
     my @keys = (qw(status title detail), $status == 502 ? 'code' : ());
-    Test::More::is_deeply([ sort keys %$j ], ['errors'], "$name: only errors");
+    my @top = ('errors', $status == 502 ? 'meta' : ());
+    Test::More::is_deeply([ sort keys %$j ], [ sort @top ],
+                          "$name: " . ($status == 502 ? 'errors and meta'
+                                                      : 'only errors'));
     Test::More::is_deeply([ sort keys %$e ], [ sort @keys ],
                           "$name: " . join(', ', @keys));
     Test::More::is($e->{status}, "$status",

@@ -117,12 +117,15 @@ sub mock_config {
     return 1;
 }
 
-sub mock_requests {
-    my ($self) = @_;
-    my $r = $self->_mock_call('GET', '/__mock/requests');
-    my $d = _decode_or_die($r->{body}, 'mock requests');
+# the array a GET of /__mock/$what answers, as a list
+sub _mock_list {
+    my ($self, $what) = @_;
+    my $r = $self->_mock_call('GET', "/__mock/$what");
+    my $d = _decode_or_die($r->{body}, "mock $what");
     return ref $d eq 'ARRAY' ? @$d : ();
 }
+
+sub mock_requests { $_[0]->_mock_list('requests') }
 
 sub mock_reset {
     my ($self) = @_;
@@ -130,12 +133,7 @@ sub mock_reset {
     return 1;
 }
 
-sub mock_jobs {
-    my ($self) = @_;
-    my $r = $self->_mock_call('GET', '/__mock/jobs');
-    my $d = _decode_or_die($r->{body}, 'mock jobs');
-    return ref $d eq 'ARRAY' ? @$d : ();
-}
+sub mock_jobs { $_[0]->_mock_list('jobs') }
 
 sub mock_stats {
     my ($self) = @_;

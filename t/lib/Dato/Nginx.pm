@@ -130,14 +130,11 @@ sub _path {
     return File::Spec->file_name_is_absolute($name) ? $name : "$self->{tmp}/$name";
 }
 
+# a file's bytes, or undef if there is none
 sub read_file {
     my ($self, $name) = @_;
     my $path = $self->_path($name);
-    open my $fh, '<:raw', $path or return undef;
-    local $/;
-    my $c = <$fh>;
-    close $fh;
-    return $c // '';
+    return -e $path ? slurp($path) : undef;
 }
 
 sub write_file {
