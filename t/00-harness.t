@@ -84,14 +84,14 @@ is($r->{status}, 413, '2 MB chunked POST to 1k location: 413');
 
 # chunked response parsing (proxied response without Content-Length)
 # and close-delimited parsing are exercised by the unit checks below
-my $p = DatoTest::_parse_response(
+my $p = DatoTest::parse_response(
     "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", 0);
 is($p->{body}, 'abcde', 'chunked response decoding');
-ok(!defined DatoTest::_parse_response("HTTP/1.1 200 OK\r\n\r\nabc", 0),
+ok(!defined DatoTest::parse_response("HTTP/1.1 200 OK\r\n\r\nabc", 0),
    'close-delimited body waits for EOF');
-is(DatoTest::_parse_response("HTTP/1.1 200 OK\r\n\r\nabc", 1)->{body}, 'abc',
+is(DatoTest::parse_response("HTTP/1.1 200 OK\r\n\r\nabc", 1)->{body}, 'abc',
    'close-delimited body at EOF');
-is(DatoTest::_parse_response(
+is(DatoTest::parse_response(
     "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 0)
     ->{status}, 201, '100 Continue skipped');
 
@@ -102,7 +102,7 @@ is(scalar(grep { $_->{status} == 202 && $_->{body} eq '{"ok":1}' } @rs), 20,
    'all parallel requests succeeded');
 
 # connection error reporting
-$r = $t->request(path => '/', port => DatoTest::_free_port(), timeout => 2);
+$r = $t->request(path => '/', port => DatoTest::free_port(), timeout => 2);
 is($r->{status}, 0, 'connection refused gives status 0');
 ok($r->{error}, "error set: $r->{error}");
 

@@ -263,33 +263,19 @@ my %accepted;
 ###########################################################################
 # the promise: every accepted id reached the mock with a 202, or was given up
 
-sub promise_ok {
-    my ($tt, $acc, $name) = @_;
-    my @ids = sort keys %$acc;
-    $tt->wait_published(3, @ids);
-    $tt->promise_ok("$name: all " . scalar(@ids) . ' accepted ids published or given up', @ids);
-}
-
-promise_ok($t, \%accepted, 'one worker');
+$t->wait_published(3, sort keys %accepted);
+$t->promise_ok('one worker', sort keys %accepted);
 
 ###########################################################################
 # two workers: every webhook still published
 
 {
-    my $t2 = DatoTest->new(workers => 2);
-    $t2->start_mock;
-    $t2->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t2 = DatoTest->with_mock(workers => 2, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait job;
             dato_batch_window 300ms;
         }
-    }
 EOF
 
     my @ids = ids_of(7000, 60);
@@ -315,7 +301,8 @@ EOF
     }
     is($bad, 0, '2 workers: every answer names the job that carries its record');
 
-    promise_ok($t2, \%acc2, 'two workers');
+    $t2->wait_published(3, sort keys %acc2);
+    $t2->promise_ok('two workers', sort keys %acc2);
     $t2->done;
 }
 

@@ -14,17 +14,7 @@ use Test::More;
 use Time::HiRes ();
 use DatoTest qw(ids_of hook jobs_of);
 
-my $t = DatoTest->new(workers => 1);
-$t->start_mock;
-
-$t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+my $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
         location /r {
             dato_publish;
             dato_publish_wait job;
@@ -61,20 +51,12 @@ $t->run(http => <<'EOF');
             dato_retry_timeout 2s;
             dato_publish_timeout 7s;
         }
-    }
 EOF
 
 ###########################################################################
 # helpers
 
 my %accepted;
-
-# the promise for the given ids: published (202 at the mock) or given up
-sub promise_ok {
-    my ($name, @ids) = @_;
-    local $Test::Builder::Level = $Test::Builder::Level + 1;
-    $t->promise_ok("$name: accepted ids published or given up", @ids);
-}
 
 # one fault, one webhook to /r; the batch is retried and then published
 sub retried_ok {
@@ -101,7 +83,7 @@ sub retried_ok {
               "$name: the answer names the job of the accepted call");
     ok($t->error_log_since($mark) =~ /\[warn\].*bulk publish of 1 record failed.*retrying/,
          "$name: the retry is logged");
-    promise_ok($name, $id);
+    $t->promise_ok($name, $id);
     return ($r, @calls);
 }
 
@@ -158,7 +140,7 @@ $t->log_like(qr/failed \(422 BATCH_DATA_VALIDATION_IN_PROGRESS\), retrying/,
         fail('3 faults: backoff');
     }
     is_deeply([jobs_of($r)], [@calls ? $calls[-1]{job} // 'none' : 'none'], '3 faults: job');
-    promise_ok('3 faults', $id);
+    $t->promise_ok('3 faults', $id);
 }
 
 ###########################################################################
@@ -182,7 +164,7 @@ sub reset_ok {
               "$name: each dropped call was sent again");
     is_deeply([jobs_of($r)], [@calls ? $calls[-1]{job} // 'none' : 'none'],
               "$name: the answer names the job of the accepted call");
-    promise_ok($name, $id);
+    $t->promise_ok($name, $id);
     return ($r, $mark, @calls);
 }
 
@@ -224,7 +206,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
        'api timeout: the job is the one of the later call');
     ok($t->error_log_since($mark) =~ /\[warn\].*failed \(0 .*[Tt]ime.*\), retrying/,
          'api timeout: logged as a timeout and retried');
-    promise_ok('api timeout', $id);
+    $t->promise_ok('api timeout', $id);
 }
 
 ###########################################################################
@@ -242,7 +224,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     ok($t->wait_published(6, $id), 'outlast: the record is published later');
     is_deeply([map { $_->{status} } $t->calls_for($id)], [500, 500, 500, 202],
               'outlast: after three failures');
-    promise_ok('outlast', $id);
+    $t->promise_ok('outlast', $id);
 }
 
 ###########################################################################
@@ -265,7 +247,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     is_deeply([jobs_of($r)], [@calls ? $calls[-1]{job} // 'none' : 'none'], 'down: its job');
     ok($t->error_log_since($mark) =~ qr/\[warn\].*failed \(0 .+\), retrying/,
          'down: connection failures retried');
-    promise_ok('down', $id);
+    $t->promise_ok('down', $id);
 }
 
 ###########################################################################
@@ -293,7 +275,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
     ok($calls[-1]{t} - $calls[0]{t} <= 2.1, 'give up: attempts within dato_retry_timeout')
         if @calls;
     $accepted{$id} = 1 if $r->{status} == 202;
-    promise_ok('give up', $id);
+    $t->promise_ok('give up', $id);
 }
 
 ###########################################################################
@@ -301,7 +283,7 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
 
 {
     my @ids = sort keys %accepted;
-    promise_ok('all ' . scalar(@ids), @ids);
+    $t->promise_ok('whole file', @ids);
 }
 
 $t->done;

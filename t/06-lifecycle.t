@@ -17,20 +17,10 @@ use Test::More;
 use Time::HiRes ();
 use IO::Socket::INET;
 use Socket qw(PF_INET SOCK_STREAM pack_sockaddr_in unpack_sockaddr_in inet_aton);
-use List::Util qw(uniq);
 use DatoTest qw(ids_of hook json_headers);
 
 ###########################################################################
 # helpers
-
-# the promise over the ids answered 2xx in one scenario
-sub promise_ok {
-    my ($tt, $name, @ids) = @_;
-    local $Test::Builder::Level = $Test::Builder::Level + 1;
-    @ids = uniq @ids;
-    return $tt->promise_ok("$name: all " . scalar(@ids)
-                           . ' accepted ids reached the mock (202) or were given up', @ids);
-}
 
 # one webhook per id to $path, one after the other: the ids answered 202
 sub hooks_accepted {
@@ -45,20 +35,6 @@ sub timed(&) {
     return (Time::HiRes::time() - $t0, @r);
 }
 
-sub conf {
-    my ($loc) = @_;
-    return <<"EOF";
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-$loc
-    }
-EOF
-}
-
 my $t;
 
 ###########################################################################
@@ -66,9 +42,7 @@ my $t;
 #    them at once and exits; webhooks after the reload work too
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 3s;
@@ -122,7 +96,7 @@ EOF
     # a graceful quit sends the last one at once
     my ($dt) = timed { $t->stop };
     ok($dt < 2.5, sprintf('reload/queued: quit took %.2f s', $dt));
-    promise_ok($t, 'reload/queued', @acc, @acc2);
+    $t->promise_ok('reload/queued', @acc, @acc2);
     is(scalar($t->published(@acc, @acc2)), scalar(@acc) + scalar(@acc2),
        'reload/queued: every id was published');
     is(scalar($t->gave_up_lines), 0, 'reload/queued: nothing given up');
@@ -133,9 +107,7 @@ EOF
 # 2. graceful quit while a call is in flight: nginx waits for the answer
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 50ms;
@@ -186,7 +158,7 @@ EOF
          'quit/in flight: the exiting worker got the answer');
     is(scalar($t->gave_up_lines), 0, 'quit/in flight: nothing given up')
         or diag join "\n", $t->gave_up_lines;
-    promise_ok($t, 'quit/in flight', @acc);
+    $t->promise_ok('quit/in flight', @acc);
     $t->done;
 }
 
@@ -194,9 +166,7 @@ EOF
 # 3. graceful quit while a batch waits in its 5 s window: sent at once
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 5s;
@@ -237,7 +207,7 @@ EOF
            'quit/queued: the webhook completed during the exit was published');
     }
     is(scalar($t->gave_up_lines), 0, 'quit/queued: nothing given up');
-    promise_ok($t, 'quit/queued', @acc);
+    $t->promise_ok('quit/queued', @acc);
     $t->done;
 }
 
@@ -245,9 +215,8 @@ EOF
 # 4. worker_shutdown_timeout: slow calls are given up, with their ids
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(main => 'worker_shutdown_timeout 1s;', http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, main => 'worker_shutdown_timeout 1s;',
+                            server => <<'EOF');
         location /a {
             dato_publish;
             dato_batch_window 50ms;
@@ -325,7 +294,7 @@ EOF
     ok(@lines && !@other, 'shutdown timeout: the reason given is worker_shutdown_timeout')
         or diag join "\n", @other;
     ok(scalar($t->calls_for(@c)) >= 1, 'shutdown timeout: the queued batch was sent on quit');
-    promise_ok($t, 'shutdown timeout', @acc);
+    $t->promise_ok('shutdown timeout', @acc);
     $t->done;
 }
 
@@ -333,9 +302,7 @@ EOF
 # 5. fast stop with a queued batch: the dropped ids are logged
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 5s;
@@ -379,7 +346,7 @@ EOF
     ok(!@missing, 'fast stop: every queued or in-flight id is named in a '
                   . '"gave up publishing" line')
         or diag "not named: @missing\n" . join("\n", $t->gave_up_lines);
-    promise_ok($t, 'fast stop', @acc);
+    $t->promise_ok('fast stop', @acc);
     $t->done;
 }
 
@@ -436,9 +403,8 @@ EOF
 # 6. a full queue: 503 + Retry-After, nothing of the webhook queued
 
 {
-    $t = DatoTest->new(workers => 1);
-    $t->start_mock;
-    $t->run(http => "    dato_queue_size 10;\n" . conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 1, api_http => 'dato_queue_size 10;',
+                            server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 5s;
@@ -503,7 +469,7 @@ EOF
     my %refused = map { $_ => 1 } @refused;
     my @leaked = grep { $refused{$_} } map { @{ $_->{ids} || [] } } $t->publishes;
     is(scalar @leaked, 0, 'queue full: no refused id ever reached the mock') or diag "@leaked";
-    promise_ok($t, 'queue full', @acc);
+    $t->promise_ok('queue full', @acc);
     $t->done;
 }
 
@@ -524,12 +490,8 @@ EOF
             dato_job_poll off;
         }
 EOF
-    $t = DatoTest->new(workers => 1);
-    my $c = DatoTest->new(workers => 1);
-    for my $tt ($t, $c) {
-        $tt->start_mock;
-        $tt->run(http => conf($loc));
-    }
+    $t = DatoTest->with_mock(workers => 1, server => $loc);
+    my $c = DatoTest->with_mock(workers => 1, server => $loc);
     my %acc = ($t => [], $c => []);
     my @first = ids_of(7000, 3);
     my @second = ids_of(7100, 3);
@@ -562,9 +524,9 @@ EOF
     }
     ok($t->wait_for_log(qr/worker process \d+ exited with code 0/, 0.1, $rmark),
        'rate/reload: the old worker (idle API connections only) exited at once');
-    promise_ok($c, 'rate/control', @{ $acc{$c} });
+    $c->promise_ok('rate/control', @{ $acc{$c} });
     $c->done;
-    promise_ok($t, 'rate/reload', @{ $acc{$t} });
+    $t->promise_ok('rate/reload', @{ $acc{$t} });
     $t->done;
 }
 
@@ -572,9 +534,7 @@ EOF
 # 8. two workers, two reloads under a trickle of webhooks
 
 {
-    $t = DatoTest->new(workers => 2);
-    $t->start_mock;
-    $t->run(http => conf(<<'EOF'));
+    $t = DatoTest->with_mock(workers => 2, server => <<'EOF');
         location /hook {
             dato_publish;
             dato_batch_window 200ms;
@@ -602,7 +562,7 @@ EOF
            $n >= 4 }, 5), 'trickle: two reloads, 2 old workers each');
     ok($t->wait_published(4, @acc), 'trickle: all accepted ids published');
     $t->stop(timeout => 10);
-    promise_ok($t, 'trickle', @acc);
+    $t->promise_ok('trickle', @acc);
 }
 
 $t->done;

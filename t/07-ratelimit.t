@@ -17,13 +17,8 @@ use DatoTest qw(ids_of ids_body post_req max_in_window);
 # limit, and a mock API that would take many more calls
 sub single_record_batches {
     my ($limit) = @_;
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock('--limit', '1000');
-    $t->run(http => <<"EOF");
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t = DatoTest->with_mock(workers => 1, mock => ['--limit', '1000'],
+                                server => <<"EOF");
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -32,7 +27,6 @@ sub single_record_batches {
             dato_rate_limit $limit;
             dato_job_poll off;
         }
-    }
 EOF
     return $t;
 }
@@ -41,15 +35,9 @@ EOF
 # 1. a burst of 5,000 records over 2 workers: full batches, few calls
 
 {
-    my $t = DatoTest->new(workers => 2);
-    $t->start_mock('--limit', '60', '--window', '3');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t = DatoTest->with_mock(workers => 2, mock => [qw(--limit 60 --window 3)],
+                                server => <<'EOF');
         location /hook { dato_publish; dato_publish_wait none; }
-    }
 EOF
 
     my @reqs = map { post_req('/hook', ids_body(ids_of(100000 + $_ * 200, 200))) } 0 .. 24;
@@ -72,14 +60,10 @@ EOF
 # 2. small batches: the shared log holds 2 workers to dato_rate_limit
 
 {
-    my $t = DatoTest->new(workers => 2);
-    $t->start_mock('--limit', '60', '--window', '3');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        # reuseport: the kernel spreads the connections over both workers
-        listen 127.0.0.1:%%PORT%% reuseport;
+    # reuseport: the kernel spreads the connections over both workers
+    my $t = DatoTest->with_mock(workers => 2, mock => [qw(--limit 60 --window 3)],
+                                listen => 'reuseport',
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -87,7 +71,6 @@ EOF
             dato_batch_window 50ms;
             dato_rate_limit 20 2s;
         }
-    }
 EOF
 
     # 1,000 records in calls of 20: 50 calls, 20 per 2 s, about 5 s
@@ -121,13 +104,8 @@ EOF
 #    records that arrive meanwhile make one fuller batch
 
 {
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock('--limit', '1000');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t = DatoTest->with_mock(workers => 1, mock => ['--limit', '1000'],
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -138,7 +116,6 @@ EOF
             dato_batch_window 100ms;
             dato_publish_timeout 6s;
         }
-    }
 EOF
 
     $t->mock_faults([{ status => 429, reset => 2 }]);
@@ -193,20 +170,14 @@ EOF
 #    with what it announces, not with the default, and none is refused
 
 {
-    my $t = DatoTest->new(workers => 2);
-    $t->start_mock('--limit', '5', '--window', '1');
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t = DatoTest->with_mock(workers => 2, mock => [qw(--limit 5 --window 1)],
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
             dato_batch_size 1;
             dato_batch_window 10ms;
         }
-    }
 EOF
 
     my @reqs = map { post_req('/hook', ids_body(ids_of(400000 + $_, 1))) } 0 .. 19;

@@ -173,19 +173,12 @@ symlink('/usr/lib/nginx/modules', $t->tmpdir . '/modules')
     or die "symlink: $!\n";
 
 $t->start_mock;
-$t->run(main => 'include /etc/nginx/modules-enabled/*.conf;', http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+$t->run(main => 'include /etc/nginx/modules-enabled/*.conf;',
+        http => DatoTest::api_conf(server => <<'EOF'));
         location = /webhooks/dato {
             dato_publish;
             dato_batch_window 100ms;
         }
-    }
 EOF
 
 unlike($t->read_file('nginx.conf'), qr/^\s*load_module/m,

@@ -46,15 +46,8 @@ sub publish_none {
 ###########################################################################
 # the rate-limit scenario runs in its own nginx and mock, alongside the rest
 
-my $rl = DatoTest->new(workers => 1);
-$rl->start_mock('--job-polls', '1');
-$rl->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-
+my $rl = DatoTest->with_mock(workers => 1, mock => ['--job-polls', '1'],
+                             server => <<'EOF');
         location /rl {
             dato_publish;
             dato_publish_wait none;
@@ -62,7 +55,6 @@ $rl->run(http => <<'EOF');
             dato_batch_window 50ms;
             dato_rate_limit 2 2s;
         }
-    }
 EOF
 
 my @rl_ids = ids_of(9000, 2);
@@ -72,19 +64,9 @@ my $rl_r = $rl->post_json('/rl', ids_body(@rl_ids));
 ###########################################################################
 # the main nginx
 
-my $t = DatoTest->new(workers => 1);
-$t->start_mock('--job-polls', '0');
-
-$t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    log_format t '$status $dato_job_ids $dato_records';
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+my $t = DatoTest->with_mock(workers => 1, mock => ['--job-polls', '0'],
+                            api_http => q{log_format t '$status $dato_job_ids $dato_records';},
+                            server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -133,7 +115,6 @@ $t->run(http => <<'EOF');
             dato_batch_window 100ms;
             access_log %%TMP%%/access.log t;
         }
-    }
 EOF
 
 ###########################################################################

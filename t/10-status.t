@@ -54,17 +54,9 @@ sub leaves {
 # two workers: one count
 
 {
-    my $t2 = DatoTest->new(workers => 2);
-    $t2->start_mock;
-    $t2->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    log_format p '$pid';
-
-    server {
-        listen 127.0.0.1:%%PORT%% reuseport;
-
+    my $t2 = DatoTest->with_mock(workers => 2, listen => 'reuseport',
+                                 api_http => q{log_format p '$pid';},
+                                 server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -75,7 +67,6 @@ sub leaves {
         location /status {
             dato_publish_status;
         }
-    }
 EOF
 
     my @reqs = map { post_req('/hook', hook($_)) } ids_of(1001, 40);
@@ -114,17 +105,8 @@ EOF
 ###########################################################################
 # one worker: a known sequence, exact counters
 
-my $t = DatoTest->new(workers => 1);
-$t->start_mock('--job-polls', '0');
-
-$t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+my $t = DatoTest->with_mock(workers => 1, mock => ['--job-polls', '0'],
+                            server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait job;
@@ -134,7 +116,6 @@ $t->run(http => <<'EOF');
         location /status {
             dato_publish_status;
         }
-    }
 EOF
 
 my ($json, $sr) = status_json($t);
@@ -263,7 +244,7 @@ is($json->{last_api_error}, undef, 'status: no API error yet');
     $p //= {};
     my $body = $r->{body} // '';
 
-    my $promtool = DatoTest::_which('promtool');
+    my $promtool = DatoTest::which('promtool');
     if ($promtool) {
         my $file = $t->write_file('metrics.txt', $body);
         my $out = `'$promtool' check metrics < '$file' 2>&1`;

@@ -6,6 +6,8 @@
 # which must never show in a response, the logs, the status page or the
 # shared memory zone.
 
+###########################################################################
+
 use strict;
 use warnings;
 
@@ -13,23 +15,18 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use DatoTest qw(ids_of hook ids_body bulk_body json_headers post_req);
+use DatoTest qw(uuid_id ids_of hook ids_body bulk_body json_headers post_req
+                webhook_data encode_json check_error);
+
+###########################################################################
 
 my $TOKEN  = 'tok-SECRET-8c1f';
 my $SECRET = 's3cr3t-value';
 
-my $t = DatoTest->new(workers => 1);
-
 # no rate limiting in this file: every call must be accepted
-$t->start_mock('--token', $TOKEN, '--limit', '10000');
-
-# htpasswd: one {PLAIN} user, one apr1 (openssl passwd -apr1) user
-my $apr1 = `openssl passwd -apr1 'apr-Pass-42' 2>/dev/null` // '';
-chomp $apr1;
-$t->write_file('htpasswd', "editor:{PLAIN}plain-Pass-17\n"
-                         . ($apr1 =~ /^\$apr1\$/ ? "apr:$apr1\n" : ''));
-
-$t->run(http => <<EOF);
+my $t = DatoTest->with_mock(workers => 1,
+                            mock => ['--token', $TOKEN, '--limit', '10000'],
+                            http => <<EOF);
     dato_api_url %%MOCK%%;
     dato_api_token $TOKEN;
 
@@ -87,6 +84,13 @@ $t->run(http => <<EOF);
     }
 EOF
 
+# htpasswd, which auth_basic reads at each request: one {PLAIN} user, one
+# apr1 (openssl passwd -apr1) user
+my $apr1 = `openssl passwd -apr1 'apr-Pass-42' 2>/dev/null` // '';
+chomp $apr1;
+$t->write_file('htpasswd', "editor:{PLAIN}plain-Pass-17\n"
+                         . ($apr1 =~ /^\$apr1\$/ ? "apr:$apr1\n" : ''));
+
 my @seen;       # every raw response (status line, headers, body)
 my @table;      # [input, expected answer] for t/hostile-inputs.md
 
@@ -101,29 +105,6 @@ sub post {
     my ($path, $body, %o) = @_;
     return kept($t->post_json($path, $body, headers => $o{headers} // json_headers(),
                               timeout => $o{timeout} // 10));
-}
-
-# one JSON error object {"errors":[{"status":"N","title":..,"detail":..}]}
-sub check_error {
-    my ($r, $code, $name) = @_;
-    local $Test::Builder::Level = $Test::Builder::Level + 1;
-    my @codes = ref $code ? @$code : ($code);
-    my $want = join '|', @codes;
-    ok((grep { $r->{status} == $_ } @codes), "$name: $want")
-        or diag 'got ' . ($r->{status} || $r->{error} // '?') . ': '
-                . substr($r->{raw} // '', 0, 600);
-    is($r->{headers}{'content-type'}, 'application/json', "$name: application/json");
-    my $j = $r->{json};
-    ok(ref $j eq 'HASH' && ref $j->{errors} eq 'ARRAY' && @{ $j->{errors} } == 1
-       && ref $j->{errors}[0] eq 'HASH', "$name: one JSON error object")
-        or return diag(substr($r->{body} // '', 0, 600));
-    my $e = $j->{errors}[0];
-    is_deeply([ sort grep { $_ ne 'code' || $r->{status} == 502 } keys %$e ],
-              [ sort(qw(detail status title), $r->{status} == 502 ? 'code' : ()) ],
-              "$name: status, title, detail" . ($r->{status} == 502 ? ', code' : ''));
-    is($e->{status}, "$r->{status}", "$name: status field matches the HTTP status");
-    like($e->{detail} // '', qr/\S/, "$name: detail");
-    return $e;
 }
 
 # a hostile body: a clear JSON 4xx, fast, and recorded for the table
@@ -141,8 +122,8 @@ sub hostile {
     return ($r, $e);
 }
 
-my $A = DatoTest::uuid_id(1);
-my $B = DatoTest::uuid_id(2);
+my $A = uuid_id(1);
+my $B = uuid_id(2);
 
 ###########################################################################
 # HTTP Basic auth through nginx's auth_basic
@@ -274,7 +255,7 @@ sub with_secret {
 
 {
     $t->mock_reset;
-    my @ids = map { DatoTest::uuid_id(100 + $_) } 1 .. 11;
+    my @ids = map { uuid_id(100 + $_) } 1 .. 11;
     my ($r, $e) = hostile('11 ids, dato_max_records 10', { ids => \@ids }, 413,
                           path => '/max', label => '11 IDs with `dato_max_records 10`');
     like($e ? $e->{detail} : '', qr/\b11\b.*\b10\b/, '11 ids: detail names 11 and 10');
@@ -298,22 +279,22 @@ my $hostile_mark = $t->log_mark;
 
 sub wh {
     my (%extra) = @_;
-    return DatoTest::encode_json(DatoTest::webhook_data(id => $A, extra => \%extra));
+    return encode_json(webhook_data(id => $A, extra => \%extra));
 }
 
 # a webhook with keys set as given, null (undef) included
 sub wh_set {
     my (%set) = @_;
-    my $d = DatoTest::webhook_data(id => $A);
+    my $d = webhook_data(id => $A);
     $d->{$_} = $set{$_} for keys %set;
-    return DatoTest::encode_json($d);
+    return encode_json($d);
 }
 
 sub wh_primary_false {
     my ($env) = @_;
-    my $d = DatoTest::webhook_data(id => $A, is_environment_primary => 0);
+    my $d = webhook_data(id => $A, is_environment_primary => 0);
     $d->{environment} = $env;
-    return DatoTest::encode_json($d);
+    return encode_json($d);
 }
 
 my @cases = (
@@ -440,7 +421,7 @@ for my $c (@cases) {
 }
 
 {
-    my @ids = map { DatoTest::uuid_id(1_000_000 + $_) } 1 .. 100_000;
+    my @ids = map { uuid_id(1_000_000 + $_) } 1 .. 100_000;
     my ($r, $e) = hostile('100,000 valid ids, dato_max_records 5000', { ids => \@ids }, 413,
                           max_time => 5,
                           label => '100,000 valid IDs (2.5 MB) with `dato_max_records 5000`');
@@ -515,11 +496,11 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
 
 {
     $t->mock_reset;
-    my $r = post('/hook', hook(DatoTest::uuid_id(4242)));
+    my $r = post('/hook', hook(uuid_id(4242)));
     is($r->{status}, 202, 'after the hostile inputs, a valid webhook still gets 202')
         or diag $r->{raw};
     ok($t->wait_for(sub { scalar $t->publishes }, 3), 'and its record reaches the API');
-    $r = post('/basic', hook(DatoTest::uuid_id(4243)),
+    $r = post('/basic', hook(uuid_id(4243)),
               headers => json_headers(Authorization => 'Basic '
                            . MIME::Base64::encode_base64('editor:plain-Pass-17', '')));
     is($r->{status}, 202, 'and an authenticated one too');
@@ -534,26 +515,26 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
 
     # 500 until dato_retry_timeout (1s) has passed
     $t->mock_faults([ ({ status => 500 }) x 20 ]);
-    my $r = post('/fail', { ids => [DatoTest::uuid_id(603)] });
+    my $r = post('/fail', { ids => [uuid_id(603)] });
     check_error($r, 502, 'API answers 500 until the retries run out');
     $t->mock_reset;
 
     # network failure: the mock closes without an answer
     $t->mock_faults([ ({ close => JSON::PP::true }) x 20 ]);
-    $r = post('/fail', { ids => [DatoTest::uuid_id(604)] });
+    $r = post('/fail', { ids => [uuid_id(604)] });
     check_error($r, 502, 'API closes the connection until the retries run out');
     $t->mock_reset;
 
     # forced 401 (mock fault): refused for good
     $t->mock_faults({ status => 401 });
-    $r = post('/fail', { ids => [DatoTest::uuid_id(601)] });
+    $r = post('/fail', { ids => [uuid_id(601)] });
     check_error($r, 502, 'API answers 401 (fault)');
     is($r->{json} && $r->{json}{errors}[0]{code}, 'INVALID_AUTHORIZATION_HEADER',
        '401 (fault): DatoCMS\'s code is passed on');
 
     # real 401: the mock expects another token
     $t->mock_config({ token => 'some-other-token' });
-    $r = post('/fail', { ids => [DatoTest::uuid_id(602)] });
+    $r = post('/fail', { ids => [uuid_id(602)] });
     check_error($r, 502, 'API answers 401 (wrong token)');
     $t->mock_config({ token => $TOKEN });
 
@@ -569,7 +550,7 @@ is(scalar(grep { m{^HTTP/1\.\d 5\d\d} } @seen), 0, 'no response was a 5xx');
 {
     # positive control: the token really is sent, so its absence elsewhere means something
     $t->mock_reset;
-    my $r = post('/fail', { ids => [DatoTest::uuid_id(605)] });
+    my $r = post('/fail', { ids => [uuid_id(605)] });
     is($r->{status}, 202, 'API back: 202');
     my @p = $t->publishes;
     is($p[0] && $p[0]{headers}{authorization}, "Bearer $TOKEN",
@@ -587,7 +568,7 @@ for my $q ('', '?format=prometheus') {
 
 # shared memory: the zone holds a hash of the token, never the token
 SKIP: {
-    my @workers = DatoTest::_children($t->pid);
+    my @workers = DatoTest::children($t->pid);
     skip 'no worker process found', 3 unless @workers;
     my $pid = $workers[0];
     open my $maps, '<', "/proc/$pid/maps" or skip "cannot read /proc/$pid/maps: $!", 3;

@@ -18,7 +18,7 @@ use DatoTest qw(hook post_req);
 
 my $TOKEN = 'tok-SECRET-8c1f';
 
-my $openssl = DatoTest::_which('openssl');
+my $openssl = DatoTest::which('openssl');
 plan skip_all => 'openssl is not installed' unless $openssl;
 
 my $t = DatoTest->new(workers => 1);
@@ -50,7 +50,7 @@ $t->write_file('garbage.pem', "-----BEGIN CERTIFICATE-----\nnot a certificate\n"
 $t->start_mock('--token', $TOKEN, '--limit', '10000');
 
 # a third port, for the server whose certificate names another host
-my $PORT3 = DatoTest::_free_port();
+my $PORT3 = DatoTest::free_port();
 
 # under valgrind a TLS handshake that loads the system's CAs takes seconds
 my $SLOW = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
@@ -236,7 +236,7 @@ my $C = DatoTest::uuid_id(3);
     my $t0 = Time::HiRes::time();
     my @r = $t->parallel_requests([ map { post_req("/$_", hook($id{$_})) } @k ],
                                   timeout => 12 * $SLOW);
-    DatoTest::_add_json($_) for @r;
+    DatoTest::add_json($_) for @r;
     my $dt = Time::HiRes::time() - $t0;
     my %name = (a => 'A: self-signed peer, no CA file',
                 d => 'D: CA file of another certificate',

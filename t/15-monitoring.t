@@ -18,7 +18,7 @@ use JSON::PP ();
 use Time::HiRes ();
 use DatoTest qw(ids_of ids_body);
 
-my $promtool = DatoTest::_which('promtool');
+my $promtool = DatoTest::which('promtool');
 
 plan skip_all => 'promtool is not installed: apt-get install prometheus'
                . ' (Debian package "prometheus" ships /usr/bin/promtool)'
@@ -149,16 +149,9 @@ sub grafana_expr {
 ###########################################################################
 # the metric names, against a running nginx's real page
 
-my $t = DatoTest->new(workers => 2);
-$t->start_mock;
-$t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    dato_queue_size 500;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-
+my $t = DatoTest->with_mock(workers => 2,
+                            api_http => q{dato_queue_size 500;},
+                            server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait result;
@@ -167,7 +160,6 @@ $t->run(http => <<'EOF');
         location /status {
             dato_publish_status;
         }
-    }
 EOF
 
 # published and followed to their jobs' end: counters and both histograms
@@ -217,12 +209,12 @@ like($page, qr/^dato_records_queue_capacity 1000$/m,
 # a local Prometheus: the rules evaluate, the dashboard's queries answer
 
 SKIP: {
-    my $prometheus = DatoTest::_which('prometheus');
+    my $prometheus = DatoTest::which('prometheus');
     skip 'the prometheus server is not installed (Debian package "prometheus"):'
          . ' the queries are not run against a live Prometheus', 4
         unless $prometheus;
 
-    my $pport = DatoTest::_free_port();
+    my $pport = DatoTest::free_port();
     my $tmp = $t->tmpdir;
     my $port = $t->port;
     $t->write_file('prometheus.yml', <<"EOF");
@@ -238,12 +230,12 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:$port']
 EOF
-    my $pid = $t->_spawn([ $prometheus, "--config.file=$tmp/prometheus.yml",
-                           "--storage.tsdb.path=$tmp/prometheus-data",
-                           "--web.listen-address=127.0.0.1:$pport",
-                           '--log.level=warn' ],
-                         "$tmp/prometheus.log");
-    $DatoTest::RUNNING{$pid} = 'prometheus';
+    my $pid = DatoTest::spawn([ $prometheus, "--config.file=$tmp/prometheus.yml",
+                                "--storage.tsdb.path=$tmp/prometheus-data",
+                                "--web.listen-address=127.0.0.1:$pport",
+                                '--log.level=warn' ],
+                              "$tmp/prometheus.log");
+    DatoTest::track($pid, 'prometheus');
 
     my $api = sub {
         my ($path, %q) = @_;
@@ -295,8 +287,8 @@ EOF
         or diag explain $rd;
 
     kill 'TERM', $pid;
-    DatoTest::_wait_pid($pid, 10) // DatoTest::_kill_hard($pid, 1);
-    delete $DatoTest::RUNNING{$pid};
+    DatoTest::wait_pid($pid, 10) // DatoTest::kill_hard($pid, 1);
+    DatoTest::untrack($pid);
 }
 
 $t->done;

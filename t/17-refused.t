@@ -43,25 +43,26 @@ sub want { return !%ONLY || $ONLY{ $_[0] } }
 # an nginx (one worker) with a mock, /status and the given locations
 sub instance {
     my ($locations, @mock_args) = @_;
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock(@mock_args);
-    $t->run(http => <<"EOF");
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+    my $t = DatoTest->with_mock(workers => 1, mock => [@mock_args],
+                                server => <<"EOF");
 $locations
 
         location /status {
             dato_publish_status;
         }
-    }
 EOF
     return $t;
 }
+
+# /hook, answering at once, its jobs followed
+my $POLLED = <<'EOF';
+        location /hook {
+            dato_publish;
+            dato_publish_wait none;
+            dato_batch_window 100ms;
+            dato_job_poll on;
+        }
+EOF
 
 # parallel_requests() answers, with their bodies decoded as json_request()
 # does
@@ -245,7 +246,7 @@ EOF
     my $s = status_json($t);
     is($s->{records}{given_up}, 1, 'refused in batch, wait job: records.given_up 1');
 
-    $t->promise_ok('refused in batch, wait job: all 20 published or given up', @ids);
+    $t->promise_ok('refused in batch, wait job', @ids);
     $t->done;
 }
 
@@ -295,7 +296,7 @@ EOF
     cmp_ok(scalar(@calls), '<=', $bound, "refused in batch, wait none: at most $bound publish calls")
         or diag calls_diag($t, $bad);
 
-    $t->promise_ok('refused in batch, wait none: all 20 published or given up', @ids);
+    $t->promise_ok('refused in batch, wait none', @ids);
     $t->done;
 }
 
@@ -404,7 +405,7 @@ EOF
     my $s = status_json($t);
     is($s->{records}{given_up}, 1, "$name: records.given_up 1");
 
-    $t->promise_ok("$name: all 10 published or given up", @ids);
+    $t->promise_ok($name, @ids);
     $t->done;
 }
 
@@ -417,14 +418,7 @@ if (want('d')) {
 # e. a transient job failure (job status 500): the same batch sent again
 
 if (want('e')) {
-    my $t = instance(<<'EOF');
-        location /hook {
-            dato_publish;
-            dato_publish_wait none;
-            dato_batch_window 100ms;
-            dato_job_poll on;
-        }
-EOF
+    my $t = instance($POLLED);
     my @ids = sort(ids_of(5000, 3));
     $t->mock_faults({ job => { status => 500 } });
     my $r = $t->post_json('/hook', ids_body(@ids), timeout => 10 * $SLOW);
@@ -452,7 +446,7 @@ EOF
     ok(@ok && $ok[0]{status} == 202, 'transient job failure: answered 202, its job succeeded');
     is(scalar(error_gave_up($t)), 0, 'transient job failure: nothing given up')
         or diag join "\n", error_gave_up($t);
-    $t->promise_ok('transient job failure: published', @ids);
+    $t->promise_ok('transient job failure', @ids);
     $t->done;
 }
 
@@ -460,14 +454,7 @@ EOF
 # f. hostile counts: negative, or more than the call carried
 
 if (want('f')) {
-    my $t = instance(<<'EOF');
-        location /hook {
-            dato_publish;
-            dato_publish_wait none;
-            dato_batch_window 100ms;
-            dato_job_poll on;
-        }
-EOF
+    my $t = instance($POLLED);
     my @prev = (0, 0);
     my $from = 6000;
     for my $case ([ 'negative counts', { successful => -5, failed => -1 } ],
@@ -515,7 +502,7 @@ EOF
             ok(defined $v && $v =~ /^\d+\z/ && $v <= $sent,
                "$name: $k between 0 and records.sent (" . ($v // 'undef') . ')');
         }
-        $t->promise_ok("$name: published or given up", @ids);
+        $t->promise_ok($name, @ids);
     }
     $t->done;
 }
@@ -525,14 +512,7 @@ EOF
 #    characters: refused and logged, never cut and polled
 
 if (want('g')) {
-    my $t = instance(<<'EOF');
-        location /hook {
-            dato_publish;
-            dato_publish_wait none;
-            dato_batch_window 100ms;
-            dato_job_poll on;
-        }
-EOF
+    my $t = instance($POLLED);
     my $long = join '', map { $_ % 10 } 1 .. 10000;
     my $from = 7000;
     for my $case ([ '10 KB job ID', $long ], [ 'job ID with a space and slashes', '12 34/../x' ]) {
@@ -559,7 +539,7 @@ EOF
         } $t->mock_requests;
         is(scalar(@polls), 0, "$name: no GET made with any part of it")
             or diag join "\n", map { substr($_->{path}, 0, 80) } @polls[0 .. ($#polls > 4 ? 4 : $#polls)];
-        $t->promise_ok("$name: published or given up", $id);
+        $t->promise_ok($name, $id);
     }
     $t->done;
 }
@@ -596,7 +576,7 @@ EOF
         or diag join "\n", @lines;
     like($lines[0] // '', qr/gave up publishing 1 record .*job "/,
          'wait result, failed 1 of 2: "gave up publishing 1 record" with the job');
-    $t->promise_ok('wait result, failed 1 of 2: both published or given up', $good, $bad);
+    $t->promise_ok('wait result, failed 1 of 2', $good, $bad);
     $t->done;
 }
 

@@ -27,13 +27,8 @@ sub queued {
 # taken over by the respawned workers and published when the API is back
 
 {
-    my $t = DatoTest->new(workers => 2);
-    $t->start_mock;
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%% reuseport;
+    my $t = DatoTest->with_mock(workers => 2, listen => 'reuseport',
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
@@ -41,7 +36,6 @@ sub queued {
             dato_job_poll off;
         }
         location /status { dato_publish_status; }
-    }
 EOF
     $t->allow_log(qr/worker process \d+ exited on signal 9/);
 
@@ -82,20 +76,14 @@ EOF
 # respawned one or the other, takes them), and a reload keeps the journal
 
 {
-    my $t = DatoTest->new(workers => 2);
-    $t->start_mock;
-    $t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%% reuseport;
+    my $t = DatoTest->with_mock(workers => 2, listen => 'reuseport',
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait none;
             dato_job_poll off;
         }
         location /status { dato_publish_status; }
-    }
 EOF
     $t->allow_log(qr/worker process \d+ exited on signal 9/);
 
@@ -122,19 +110,13 @@ EOF
 # the oldest followed job gives up its room, and no webhook is refused
 
 {
-    my $t = DatoTest->new(workers => 1);
-    $t->start_mock('--job-polls', '-1');
-    $t->run(http => <<'EOF');
-    dato_zone_size 256k;
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    my $t = DatoTest->with_mock(workers => 1, mock => ['--job-polls', '-1'],
+                                api_http => q{dato_zone_size 256k;},
+                                server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait job;
         }
-    }
 EOF
 
     # each webhook is a call of its own, whose job never finishes

@@ -15,22 +15,25 @@ use DatoTest qw(ids_of ids_body post_req);
 
 my $SLOW = $ENV{TEST_NGINX_USE_VALGRIND} ? 4 : 1;
 
+# the configuration of every case, with the API token $token (test-token)
 sub conf {
     my ($token) = @_;
-    $token //= 'test-token';
-    return <<"EOF";
-    dato_api_url %%MOCK%%;
-    dato_api_token $token;
-    dato_spool_file %%TMP%%/spool/dato;
-    server {
-        listen 127.0.0.1:%%PORT%%;
+    return DatoTest::api_conf(token => $token, server => <<'EOF',
         location /hook {
             dato_publish;
             dato_publish_wait none;
             dato_job_poll off;
         }
-    }
 EOF
+        http => '    dato_spool_file %%TMP%%/spool/dato;');
+}
+
+# a harness (one worker) with a spool directory the workers' user writes
+sub spool_harness {
+    my $t = DatoTest->new(workers => 1);
+    mkdir $t->tmpdir . '/spool';
+    chmod 0777, $t->tmpdir . '/spool';
+    return $t;
 }
 
 sub spool_files {
@@ -59,9 +62,7 @@ sub until_up {
 # 1. a fast stop with 60 records held (API down), then a start: 0 lost
 
 {
-    my $t = DatoTest->new(workers => 1);
-    mkdir $t->tmpdir . '/spool';
-    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    my $t = spool_harness();
     $t->start_mock;
     $t->run(http => conf());
 
@@ -97,9 +98,7 @@ sub until_up {
 # 2. a corrupt spool file: refused whole, moved aside, nothing sent
 
 {
-    my $t = DatoTest->new(workers => 1);
-    mkdir $t->tmpdir . '/spool';
-    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    my $t = spool_harness();
     $t->write_file('spool/dato.4242', "ngx_http_dato spool 1\nrecords 00000000 - 1\n43012949\n");
     $t->write_file('spool/dato.4243', "something else entirely\n");
     $t->start_mock;
@@ -122,9 +121,7 @@ sub until_up {
 #    are not sent with this token, but named as given up
 
 {
-    my $t = DatoTest->new(workers => 1);
-    mkdir $t->tmpdir . '/spool';
-    chmod 0777, $t->tmpdir . '/spool';    # the workers' user writes it
+    my $t = spool_harness();
     $t->start_mock;
     $t->run(http => conf('other-token'));
 

@@ -15,24 +15,14 @@ use DatoTest qw(ids_of hook);
 
 my $SLOW = $ENV{TEST_NGINX_USE_VALGRIND} ? 4 : 1;
 
-my $t = DatoTest->new(workers => 1, log_level => 'error');
-$t->start_mock;
-
-$t->run(http => <<'EOF');
-    dato_api_url %%MOCK%%;
-    dato_api_token test-token;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
+my $t = DatoTest->with_mock(workers => 1, log_level => 'error',
+                            server => <<'EOF');
         location /hook {
             dato_publish;
             dato_publish_wait job;
             dato_batch_window 100ms;
             dato_publish_timeout 7s;
         }
-    }
 EOF
 
 # the lines written since $mark, and those of them that match $re

@@ -267,7 +267,7 @@ EOF
 
 sub workers_of {
     my ($t) = @_;
-    return sort { $a <=> $b } DatoTest::_children($t->pid);
+    return sort { $a <=> $b } DatoTest::children($t->pid);
 }
 
 sub rss_kb {
