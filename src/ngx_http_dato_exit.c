@@ -32,16 +32,30 @@ static void ngx_http_dato_exit_hurry(ngx_http_dato_batcher_t *b);
 /*
  * nginx tells an exiting worker's idle connections, and at
  * worker_shutdown_timeout all of them, by calling their read handler with
- * c->close set: a connection without a socket (fd -2 is neither a socket
- * nor the "free" mark -1) is how batches learn it
+ * c->close set: a connection without a socket is how batches learn it.
+ * Its fd is -2 while it lives: neither a socket nor the "free" mark -1,
+ * which both of nginx's loops pass over.
+ *
+ * Under the poll method, cycle->files[] maps fds to connections, and
+ * ngx_get_connection() wants an fd below its size: 0.  It would make
+ * files[0] the watcher's if no connection had fd 0, and a socket that
+ * gets fd 0 later would lose its events to it: files[0] is given back as
+ * it was.  Other methods have no files[].
  */
 
 ngx_int_t
 ngx_http_dato_exit_init(ngx_http_dato_batcher_t *b)
 {
-    ngx_connection_t  *c;
+    ngx_connection_t  *c, *saved;
+
+    saved = ngx_cycle->files ? ngx_cycle->files[0] : NULL;
 
     c = ngx_get_connection((ngx_socket_t) 0, b->log);
+
+    if (ngx_cycle->files) {
+        ngx_cycle->files[0] = saved;
+    }
+
     if (c == NULL) {
         return NGX_ERROR;
     }
@@ -60,11 +74,19 @@ ngx_http_dato_exit_init(ngx_http_dato_batcher_t *b)
 }
 
 
+/*
+ * ngx_free_connection() clears files[c->fd] if it is the connection: with
+ * fd -2 or -1 it would read before the array.  fd 0 is in range, and
+ * files[0] is not the watcher's (see above).  Then fd -1, so that nginx's
+ * loops pass over the free slot as over every free one.
+ */
+
 void
 ngx_http_dato_exit_done(ngx_http_dato_batcher_t *b)
 {
-    b->watcher->fd = (ngx_socket_t) -1;
+    b->watcher->fd = (ngx_socket_t) 0;
     ngx_free_connection(b->watcher);
+    b->watcher->fd = (ngx_socket_t) -1;
 }
 
 
