@@ -6,6 +6,8 @@
  * of at most batch_size records per target and environment, sends them
  * through the client when full or when their window ends, and hands each
  * answer back to the webhooks that wait on it.  One per worker process.
+ * This is what the rest of the module sees; its insides and its four
+ * rooms are in ngx_http_dato_batch_int.h.
  */
 
 
