@@ -12,10 +12,10 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <curl/curl.h>
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_batch.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_status.h"
 #include "ngx_http_dato_valid.h"
@@ -1460,12 +1460,6 @@ ngx_http_dato_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "dato: curl_global_init() failed");
-        return NGX_ERROR;
-    }
-
     /* jansson would read /dev/urandom on first use, inside a request */
     json_object_seed(0);
 
@@ -1497,6 +1491,4 @@ ngx_http_dato_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_dato_batcher_destroy(dmcf->batcher);
     dmcf->batcher = NULL;
-
-    curl_global_cleanup();
 }

@@ -15,7 +15,14 @@
 #include <ngx_http.h>
 #include <nginx.h>
 
-#include "ngx_http_dato_batch.h"
+
+/*
+ * The batcher's types, by name only: the files that use them include
+ * ngx_http_dato_batch.h, and the others see neither it nor what it
+ * includes (the client, and through it the curl bridge)
+ */
+typedef struct ngx_http_dato_batcher_s  ngx_http_dato_batcher_t;
+typedef struct ngx_http_dato_target_s   ngx_http_dato_target_t;
 
 
 /* the one place that names the module's version */

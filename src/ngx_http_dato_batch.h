@@ -43,7 +43,7 @@ typedef void (*ngx_http_dato_waiter_pt)(ngx_http_dato_waiter_t *w);
 
 
 /* where batches go: one per dato_publish location */
-typedef struct {
+typedef struct ngx_http_dato_target_s {
     /* a hash of the token and the URL, as the scheduler's key */
     uint32_t                      key;
 

@@ -6,6 +6,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
@@ -44,7 +45,7 @@ static size_t ngx_http_dato_client_header(char *ptr, size_t size,
     size_t nmemb, void *userdata);
 static void ngx_http_dato_client_location(ngx_http_dato_client_result_t *res,
     u_char *p, u_char *last);
-static void ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc);
+static void ngx_http_dato_client_done(void *data, void *easy, ngx_int_t rc);
 static void ngx_http_dato_client_read(ngx_http_dato_client_call_t *call);
 static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
     size_t size, const char *src, size_t len);
@@ -614,7 +615,7 @@ ngx_http_dato_client_location(ngx_http_dato_client_result_t *res, u_char *p,
 
 
 static void
-ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
+ngx_http_dato_client_done(void *data, void *easy, ngx_int_t rc)
 {
     ngx_http_dato_client_call_t  *call = data;
 
@@ -626,7 +627,7 @@ ngx_http_dato_client_done(void *data, CURL *easy, CURLcode rc)
     curl_easy_cleanup(easy);
 
     if (rc != CURLE_OK) {
-        reason = curl_easy_strerror(rc);
+        reason = curl_easy_strerror((CURLcode) rc);
 
         call->result.status = 0;
         call->result.outcome = (rc == CURLE_ABORTED_BY_CALLBACK)

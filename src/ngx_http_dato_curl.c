@@ -7,6 +7,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_event.h>
+#include <curl/curl.h>
 
 #include "ngx_http_dato_curl.h"
 
@@ -80,14 +81,22 @@ static ngx_connection_t *ngx_http_dato_curl_find(ngx_http_dato_curl_t *bridge,
     curl_socket_t s, ngx_uint_t remove);
 
 
+/* one per worker process: libcurl is set up with it and cleaned up after */
+
 ngx_http_dato_curl_t *
 ngx_http_dato_curl_create(ngx_log_t *log)
 {
     ngx_pool_t            *pool;
     ngx_http_dato_curl_t  *bridge;
 
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0, "dato: curl_global_init() failed");
+        return NULL;
+    }
+
     pool = ngx_create_pool(1024, log);
     if (pool == NULL) {
+        curl_global_cleanup();
         return NULL;
     }
 
@@ -136,6 +145,7 @@ ngx_http_dato_curl_create(ngx_log_t *log)
 failed:
 
     ngx_destroy_pool(pool);
+    curl_global_cleanup();
     return NULL;
 }
 
@@ -153,11 +163,13 @@ ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge)
     curl_multi_cleanup(bridge->multi);
 
     ngx_destroy_pool(bridge->pool);
+
+    curl_global_cleanup();
 }
 
 
 ngx_int_t
-ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
+ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, void *easy,
     ngx_http_dato_curl_host_t *host, ngx_http_dato_curl_done_pt done,
     void *data)
 {

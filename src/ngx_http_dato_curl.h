@@ -15,7 +15,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_event.h>
-#include <curl/curl.h>
 
 
 /* "+12345678." before a host name must fit curl's 255 characters */
@@ -44,18 +43,22 @@ typedef struct {
 } ngx_http_dato_curl_host_t;
 
 /*
+ * libcurl's header stays out of this one, so that only the bridge and the
+ * client see libcurl: an easy handle is passed as a void *, which is what
+ * libcurl's CURL is, and a transfer's result as its CURLcode's value.
+ *
  * Called once per transfer: when it ends (rc is curl's result, or
  * CURLE_COULDNT_RESOLVE_HOST when its host was not resolved), or with
  * CURLE_ABORTED_BY_CALLBACK when the bridge is destroyed first.  The
  * handle is no longer in the multi; the callee owns it again.
  */
-typedef void (*ngx_http_dato_curl_done_pt)(void *data, CURL *easy,
-    CURLcode rc);
+typedef void (*ngx_http_dato_curl_done_pt)(void *data, void *easy,
+    ngx_int_t rc);
 
 
 ngx_http_dato_curl_t *ngx_http_dato_curl_create(ngx_log_t *log);
 void ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge);
-ngx_int_t ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, CURL *easy,
+ngx_int_t ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, void *easy,
     ngx_http_dato_curl_host_t *host, ngx_http_dato_curl_done_pt done,
     void *data);
 void ngx_http_dato_curl_abort(ngx_http_dato_curl_t *bridge);

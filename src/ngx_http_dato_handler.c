@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_batch.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_parse.h"
 #include "ngx_http_dato_util.h"

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_shm.h"
 #include "ngx_http_dato_status.h"
 #include "ngx_http_dato_util.h"
 
