@@ -36,13 +36,36 @@ typedef struct {
 } ngx_http_dato_curl_xfer_t;
 
 
+/* a socket that the bridge opened for curl and has not seen closed */
+typedef struct {
+    ngx_socket_t                 fd;
+
+    /* its inode: tells it from whatever gets its number after it */
+    ngx_file_uniq_t              uniq;
+
+    /* its nginx connection, made when curl first polls it */
+    ngx_connection_t            *c;
+} ngx_http_dato_curl_sock_t;
+
+
 struct ngx_http_dato_curl_s {
     CURLM                       *multi;
     ngx_log_t                   *log;
     ngx_pool_t                  *pool;
 
-    /* curl's sockets as nginx connections; few, so a plain array */
-    ngx_array_t                  conns;
+    /*
+     * ngx_http_dato_curl_sock_t: the sockets the bridge opened for curl
+     * (CURLOPT_OPENSOCKETFUNCTION) and that curl has not closed through it
+     * (CURLOPT_CLOSESOCKETFUNCTION); few, so a plain array.  It lives in
+     * the worker, as the bridge: fd numbers are the worker process's.  An
+     * fd number alone cannot say whose a socket is: libcurl 7.88 closes a
+     * socket that never connected (an abort, a failed connect) with a
+     * plain close(), tells of it only later, or never, and the number may
+     * be handed out again meanwhile.  So the bridge closes, frees or asks
+     * the event module about a connection only while its record says the
+     * number is still the socket it opened.
+     */
+    ngx_array_t                  socks;
 
     ngx_queue_t                  xfers;
 
@@ -61,9 +84,13 @@ static int ngx_http_dato_curl_timer(CURLM *multi, long timeout_ms,
     void *userp);
 static curl_socket_t ngx_http_dato_curl_open(void *clientp,
     curlsocktype purpose, struct curl_sockaddr *addr);
+static ngx_int_t ngx_http_dato_curl_renew(ngx_http_dato_curl_sock_t *sock,
+    ngx_log_t *log);
 static int ngx_http_dato_curl_close(void *clientp, curl_socket_t s);
-static void ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge,
-    curl_socket_t s);
+static int ngx_http_dato_curl_shut(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock);
+static void ngx_http_dato_curl_failed(ngx_http_dato_curl_t *bridge,
+    CURLMcode rc, const char *call);
 static ngx_int_t ngx_http_dato_curl_add(ngx_http_dato_curl_xfer_t *xfer);
 static ngx_int_t ngx_http_dato_curl_resolve(ngx_http_dato_curl_xfer_t *xfer,
     ngx_http_dato_curl_host_t *host);
@@ -77,8 +104,18 @@ static void ngx_http_dato_curl_timer_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_done(ngx_http_dato_curl_t *bridge);
 static void ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_curl_xfer_t *xfer, CURLcode rc);
-static ngx_connection_t *ngx_http_dato_curl_find(ngx_http_dato_curl_t *bridge,
-    curl_socket_t s, ngx_uint_t remove);
+static ngx_http_dato_curl_sock_t *ngx_http_dato_curl_record(
+    ngx_http_dato_curl_t *bridge, ngx_socket_t s);
+static ngx_int_t ngx_http_dato_curl_identify(ngx_http_dato_curl_sock_t *sock,
+    ngx_log_t *log);
+static ngx_http_dato_curl_sock_t *ngx_http_dato_curl_find(
+    ngx_http_dato_curl_t *bridge, curl_socket_t s);
+static ngx_uint_t ngx_http_dato_curl_owned(ngx_http_dato_curl_sock_t *sock);
+static void ngx_http_dato_curl_unwatch(ngx_connection_t *c);
+static void ngx_http_dato_curl_release(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock);
+static void ngx_http_dato_curl_drop(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock);
 
 
 /* one per worker process: libcurl is set up with it and cleaned up after */
@@ -86,6 +123,7 @@ static ngx_connection_t *ngx_http_dato_curl_find(ngx_http_dato_curl_t *bridge,
 ngx_http_dato_curl_t *
 ngx_http_dato_curl_create(ngx_log_t *log)
 {
+    CURLMcode              rc;
     ngx_pool_t            *pool;
     ngx_http_dato_curl_t  *bridge;
 
@@ -108,7 +146,8 @@ ngx_http_dato_curl_create(ngx_log_t *log)
     bridge->pool = pool;
     bridge->log = log;
 
-    if (ngx_array_init(&bridge->conns, pool, 8, sizeof(ngx_connection_t *))
+    if (ngx_array_init(&bridge->socks, pool, 8,
+                       sizeof(ngx_http_dato_curl_sock_t))
         != NGX_OK)
     {
         goto failed;
@@ -130,15 +169,39 @@ ngx_http_dato_curl_create(ngx_log_t *log)
 
     bridge->multi = curl_multi_init();
     if (bridge->multi == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0, "dato: curl_multi_init() failed");
         goto failed;
     }
 
-    curl_multi_setopt(bridge->multi, CURLMOPT_SOCKETFUNCTION,
-                      ngx_http_dato_curl_socket);
-    curl_multi_setopt(bridge->multi, CURLMOPT_SOCKETDATA, bridge);
-    curl_multi_setopt(bridge->multi, CURLMOPT_TIMERFUNCTION,
-                      ngx_http_dato_curl_timer);
-    curl_multi_setopt(bridge->multi, CURLMOPT_TIMERDATA, bridge);
+    /* without any of these the multi handle is of no use to the bridge */
+
+    rc = curl_multi_setopt(bridge->multi, CURLMOPT_SOCKETFUNCTION,
+                           ngx_http_dato_curl_socket);
+
+    if (rc == CURLM_OK) {
+        rc = curl_multi_setopt(bridge->multi, CURLMOPT_SOCKETDATA, bridge);
+    }
+
+    if (rc == CURLM_OK) {
+        rc = curl_multi_setopt(bridge->multi, CURLMOPT_TIMERFUNCTION,
+                               ngx_http_dato_curl_timer);
+    }
+
+    if (rc == CURLM_OK) {
+        rc = curl_multi_setopt(bridge->multi, CURLMOPT_TIMERDATA, bridge);
+    }
+
+    if (rc != CURLM_OK) {
+        ngx_http_dato_curl_failed(bridge, rc, "curl_multi_setopt");
+
+        rc = curl_multi_cleanup(bridge->multi);
+
+        if (rc != CURLM_OK) {
+            ngx_http_dato_curl_failed(bridge, rc, "curl_multi_cleanup");
+        }
+
+        goto failed;
+    }
 
     return bridge;
 
@@ -153,6 +216,9 @@ failed:
 void
 ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge)
 {
+    CURLMcode                   rc;
+    ngx_http_dato_curl_sock_t  *sock;
+
     ngx_http_dato_curl_abort(bridge);
 
     if (bridge->timer.timer_set) {
@@ -160,7 +226,28 @@ ngx_http_dato_curl_destroy(ngx_http_dato_curl_t *bridge)
     }
 
     /* closes the cached connections through ngx_http_dato_curl_close */
-    curl_multi_cleanup(bridge->multi);
+
+    rc = curl_multi_cleanup(bridge->multi);
+
+    if (rc != CURLM_OK) {
+        ngx_http_dato_curl_failed(bridge, rc, "curl_multi_cleanup");
+    }
+
+    /*
+     * what is left, curl closed behind the close callback; or, when the
+     * cleanup failed, curl has left it open
+     */
+
+    while (bridge->socks.nelts) {
+        sock = bridge->socks.elts;
+
+        if (ngx_http_dato_curl_owned(sock)) {
+            (void) ngx_http_dato_curl_shut(bridge, sock);
+
+        } else {
+            ngx_http_dato_curl_release(bridge, sock);
+        }
+    }
 
     ngx_destroy_pool(bridge->pool);
 
@@ -225,7 +312,12 @@ ngx_http_dato_curl_start(ngx_http_dato_curl_t *bridge, void *easy,
 static ngx_int_t
 ngx_http_dato_curl_add(ngx_http_dato_curl_xfer_t *xfer)
 {
-    if (curl_multi_add_handle(xfer->bridge->multi, xfer->easy) != CURLM_OK) {
+    CURLMcode  rc;
+
+    rc = curl_multi_add_handle(xfer->bridge->multi, xfer->easy);
+
+    if (rc != CURLM_OK) {
+        ngx_http_dato_curl_failed(xfer->bridge, rc, "curl_multi_add_handle");
         return NGX_ERROR;
     }
 
@@ -479,15 +571,16 @@ ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
 {
     ngx_http_dato_curl_t  *bridge = userp;
 
-    ngx_event_t        *rev, *wev;
-    ngx_connection_t   *c, **cp;
+    ngx_event_t                *rev, *wev;
+    ngx_connection_t           *c;
+    ngx_http_dato_curl_sock_t  *sock;
 
     /*
      * socketp is not trusted: curl may report a socket that it has already
      * closed through ngx_http_dato_curl_close, whose connection is freed
      */
 
-    c = ngx_http_dato_curl_find(bridge, s, 0);
+    sock = ngx_http_dato_curl_find(bridge, s);
 
     if (what == CURL_POLL_REMOVE) {
 
@@ -496,30 +589,54 @@ ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
          * may keep it for reuse and poll it again later
          */
 
-        if (c) {
+        if (sock == NULL) {
+            return 0;
+        }
 
-            /*
-             * curl 7.88 closes a socket that never connected without the
-             * close callback (an abort, a failed connect) and tells of it
-             * only now: epoll has dropped it with the close already
-             */
+        /*
+         * curl 7.88 closes a socket that never connected without the close
+         * callback (an abort, a failed connect) and tells of it only now:
+         * epoll has dropped it with the close already, and its number may
+         * be another file's
+         */
 
-            if (fcntl(s, F_GETFD) == -1 && ngx_errno == NGX_EBADF) {
-                ngx_http_dato_curl_forget(bridge, s);
-                return 0;
-            }
+        if (!ngx_http_dato_curl_owned(sock)) {
+            ngx_http_dato_curl_release(bridge, sock);
+            return 0;
+        }
 
-            if (c->read->active) {
-                ngx_del_event(c->read, NGX_READ_EVENT, 0);
-            }
+        c = sock->c;
 
-            if (c->write->active) {
-                ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-            }
+        if (c == NULL) {
+            return 0;
+        }
+
+        if (c->read->active) {
+            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        if (c->write->active) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
         }
 
         return 0;
     }
+
+    if (sock == NULL) {
+
+        /* every socket of the bridge's transfers comes from its callback */
+
+        ngx_log_error(NGX_LOG_ALERT, bridge->log, 0,
+                      "dato: curl polls socket %d, which the bridge did not "
+                      "open", (int) s);
+
+        sock = ngx_http_dato_curl_record(bridge, s);
+        if (sock == NULL) {
+            return -1;
+        }
+    }
+
+    c = sock->c;
 
     if (c == NULL) {
         c = ngx_get_connection(s, bridge->log);
@@ -527,13 +644,7 @@ ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
             return -1;
         }
 
-        cp = ngx_array_push(&bridge->conns);
-        if (cp == NULL) {
-            ngx_free_connection(c);
-            return -1;
-        }
-
-        *cp = c;
+        sock->c = c;
 
         c->data = bridge;
         c->log = bridge->log;
@@ -594,22 +705,88 @@ ngx_http_dato_curl_open(void *clientp, curlsocktype purpose,
 {
     ngx_http_dato_curl_t  *bridge = clientp;
 
-    ngx_socket_t  s;
+    ngx_socket_t                s;
+    ngx_http_dato_curl_sock_t  *sock;
 
     s = ngx_socket(addr->family, addr->socktype, addr->protocol);
 
     if (s == (ngx_socket_t) -1) {
+        ngx_log_error(NGX_LOG_ERR, bridge->log, ngx_socket_errno,
+                      "dato: " ngx_socket_n " failed");
         return CURL_SOCKET_BAD;
     }
 
+    sock = ngx_http_dato_curl_find(bridge, s);
+
+    if (sock == NULL) {
+        sock = ngx_http_dato_curl_record(bridge, s);
+
+        if (sock == NULL) {
+            goto failed;
+        }
+
+        return s;
+    }
+
     /*
-     * the number was free: a connection still known by it lost its socket
-     * behind the bridge's back (see ngx_http_dato_curl_socket())
+     * the number was free: the socket the bridge knew by it was closed
+     * behind its back (see ngx_http_dato_curl_socket()), and curl, which
+     * never said so, may go on polling the number without saying so either
      */
 
-    ngx_http_dato_curl_forget(bridge, s);
+    if (ngx_http_dato_curl_renew(sock, bridge->log) == NGX_OK) {
+        return s;
+    }
 
-    return s;
+    ngx_http_dato_curl_release(bridge, sock);
+
+failed:
+
+    if (ngx_close_socket(s) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, bridge->log, ngx_socket_errno,
+                      "dato: " ngx_close_socket_n " %d failed", s);
+    }
+
+    return CURL_SOCKET_BAD;
+}
+
+
+/*
+ * A record kept for a new socket at an old number: the old socket's
+ * events, which the kernel dropped with it (epoll) or which wait on its
+ * number (poll, select), are the new socket's, as curl counts them.
+ */
+
+static ngx_int_t
+ngx_http_dato_curl_renew(ngx_http_dato_curl_sock_t *sock, ngx_log_t *log)
+{
+    ngx_uint_t         read, write;
+    ngx_connection_t  *c;
+
+    if (ngx_http_dato_curl_identify(sock, log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    c = sock->c;
+
+    if (c == NULL) {
+        return NGX_OK;
+    }
+
+    read = c->read->active;
+    write = c->write->active;
+
+    ngx_http_dato_curl_unwatch(c);
+
+    if (read && ngx_add_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (write && ngx_add_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -618,9 +795,34 @@ ngx_http_dato_curl_close(void *clientp, curl_socket_t s)
 {
     ngx_http_dato_curl_t  *bridge = clientp;
 
+    ngx_http_dato_curl_sock_t  *sock;
+
+    sock = ngx_http_dato_curl_find(bridge, s);
+
+    if (sock == NULL) {
+
+        /* not one of the bridge's: closed as curl would have */
+
+        return close(s);
+    }
+
+    return ngx_http_dato_curl_shut(bridge, sock);
+}
+
+
+/* a socket of the bridge's, closed with its connection */
+
+static int
+ngx_http_dato_curl_shut(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock)
+{
+    ngx_socket_t       s;
     ngx_connection_t  *c;
 
-    c = ngx_http_dato_curl_find(bridge, s, 1);
+    s = sock->fd;
+    c = sock->c;
+
+    ngx_http_dato_curl_drop(bridge, sock);
 
     if (c == NULL) {
         return close(s);
@@ -636,6 +838,7 @@ static void
 ngx_http_dato_curl_event_handler(ngx_event_t *ev)
 {
     int                    mask, running;
+    CURLMcode              rc;
     ngx_connection_t      *c;
     ngx_http_dato_curl_t  *bridge;
 
@@ -662,7 +865,11 @@ ngx_http_dato_curl_event_handler(ngx_event_t *ev)
 
     /* c may be closed and freed inside; it is not used after this */
 
-    curl_multi_socket_action(bridge->multi, c->fd, mask, &running);
+    rc = curl_multi_socket_action(bridge->multi, c->fd, mask, &running);
+
+    if (rc != CURLM_OK) {
+        ngx_http_dato_curl_failed(bridge, rc, "curl_multi_socket_action");
+    }
 
     ngx_http_dato_curl_done(bridge);
 }
@@ -672,12 +879,18 @@ static void
 ngx_http_dato_curl_timer_handler(ngx_event_t *ev)
 {
     int                    running;
+    CURLMcode              rc;
     ngx_http_dato_curl_t  *bridge;
 
     bridge = (ngx_http_dato_curl_t *)
                  ((u_char *) ev - offsetof(ngx_http_dato_curl_t, timer));
 
-    curl_multi_socket_action(bridge->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    rc = curl_multi_socket_action(bridge->multi, CURL_SOCKET_TIMEOUT, 0,
+                                  &running);
+
+    if (rc != CURLM_OK) {
+        ngx_http_dato_curl_failed(bridge, rc, "curl_multi_socket_action");
+    }
 
     ngx_http_dato_curl_done(bridge);
 }
@@ -714,6 +927,7 @@ ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
 {
     CURL                        *easy;
     void                        *data;
+    CURLMcode                    mrc;
     struct curl_slist           *resolve, *connect_to;
     ngx_http_dato_curl_done_pt   done;
 
@@ -739,7 +953,12 @@ ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
 
     if (xfer->added) {
         curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
-        curl_multi_remove_handle(bridge->multi, easy);
+
+        mrc = curl_multi_remove_handle(bridge->multi, easy);
+
+        if (mrc != CURLM_OK) {
+            ngx_http_dato_curl_failed(bridge, mrc, "curl_multi_remove_handle");
+        }
     }
 
     ngx_free(xfer);
@@ -777,17 +996,129 @@ ngx_http_dato_curl_abort(ngx_http_dato_curl_t *bridge)
 }
 
 
-/* the connection of a socket already closed: no epoll call, no close */
+/*
+ * A CURLMcode other than CURLM_OK, logged as curl's multi-socket examples
+ * do: at alert when the multi handle is of no more use (every transfer in
+ * it fails, for good or until it is empty), at error when one call failed.
+ */
 
 static void
-ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge, curl_socket_t s)
+ngx_http_dato_curl_failed(ngx_http_dato_curl_t *bridge, CURLMcode rc,
+    const char *call)
 {
-    ngx_connection_t  *c;
+    ngx_uint_t  level;
 
-    c = ngx_http_dato_curl_find(bridge, s, 1);
+    switch (rc) {
+    case CURLM_BAD_HANDLE:
+    case CURLM_OUT_OF_MEMORY:
+    case CURLM_INTERNAL_ERROR:
+    case CURLM_ABORTED_BY_CALLBACK:
+    case CURLM_UNRECOVERABLE_POLL:
+        level = NGX_LOG_ALERT;
+        break;
 
-    if (c == NULL) {
-        return;
+    default:
+        level = NGX_LOG_ERR;
+    }
+
+    ngx_log_error(level, bridge->log, 0, "dato: %s() failed: %s",
+                  call, curl_multi_strerror(rc));
+}
+
+
+/* a socket the bridge has opened, or that curl polls, made known */
+
+static ngx_http_dato_curl_sock_t *
+ngx_http_dato_curl_record(ngx_http_dato_curl_t *bridge, ngx_socket_t s)
+{
+    ngx_http_dato_curl_sock_t  *sock;
+
+    sock = ngx_array_push(&bridge->socks);
+    if (sock == NULL) {
+        return NULL;
+    }
+
+    sock->fd = s;
+    sock->c = NULL;
+
+    if (ngx_http_dato_curl_identify(sock, bridge->log) != NGX_OK) {
+        bridge->socks.nelts--;
+        return NULL;
+    }
+
+    return sock;
+}
+
+
+static ngx_int_t
+ngx_http_dato_curl_identify(ngx_http_dato_curl_sock_t *sock, ngx_log_t *log)
+{
+    ngx_file_info_t  fi;
+
+    if (ngx_fd_info(sock->fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "dato: " ngx_fd_info_n " of socket %d failed",
+                      sock->fd);
+        return NGX_ERROR;
+    }
+
+    sock->uniq = ngx_file_uniq(&fi);
+
+    return NGX_OK;
+}
+
+
+static ngx_http_dato_curl_sock_t *
+ngx_http_dato_curl_find(ngx_http_dato_curl_t *bridge, curl_socket_t s)
+{
+    ngx_uint_t                  i;
+    ngx_http_dato_curl_sock_t  *socks;
+
+    socks = bridge->socks.elts;
+
+    for (i = 0; i < bridge->socks.nelts; i++) {
+        if (socks[i].fd == s) {
+            return &socks[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Whether the number is still the socket the bridge opened: another file
+ * or socket that got the number after it has another inode.
+ */
+
+static ngx_uint_t
+ngx_http_dato_curl_owned(ngx_http_dato_curl_sock_t *sock)
+{
+    ngx_file_info_t  fi;
+
+    if (ngx_fd_info(sock->fd, &fi) == NGX_FILE_ERROR) {
+        return 0;
+    }
+
+    return S_ISSOCK(fi.st_mode) && ngx_file_uniq(&fi) == sock->uniq;
+}
+
+
+/*
+ * The events of a connection whose socket is closed already, let go as
+ * ngx_close_connection() does before a close: no epoll call (the kernel
+ * has dropped them), and out of poll's and select's lists.
+ */
+
+static void
+ngx_http_dato_curl_unwatch(ngx_connection_t *c)
+{
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
     }
 
     if (c->read->posted) {
@@ -797,38 +1128,48 @@ ngx_http_dato_curl_forget(ngx_http_dato_curl_t *bridge, curl_socket_t s)
     if (c->write->posted) {
         ngx_delete_posted_event(c->write);
     }
-
-    c->read->active = 0;
-    c->write->active = 0;
-    c->fd = (ngx_socket_t) -1;
-
-    ngx_free_connection(c);
 }
 
 
-static ngx_connection_t *
-ngx_http_dato_curl_find(ngx_http_dato_curl_t *bridge, curl_socket_t s,
-    ngx_uint_t remove)
+/*
+ * A socket closed behind the bridge's back: its connection is freed, with
+ * no close.  The fd stays set until the connection is free, as in
+ * ngx_close_connection(): poll's table of connections by fd is cleared
+ * by it, and nginx's loops over connections skip those with fd -1.
+ */
+
+static void
+ngx_http_dato_curl_release(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock)
 {
-    ngx_uint_t          i;
-    ngx_connection_t  **conns, *c;
+    ngx_connection_t  *c;
 
-    conns = bridge->conns.elts;
+    c = sock->c;
 
-    for (i = 0; i < bridge->conns.nelts; i++) {
-        if (conns[i]->fd != s) {
-            continue;
-        }
+    ngx_http_dato_curl_drop(bridge, sock);
 
-        c = conns[i];
-
-        if (remove) {
-            conns[i] = conns[bridge->conns.nelts - 1];
-            bridge->conns.nelts--;
-        }
-
-        return c;
+    if (c == NULL) {
+        return;
     }
 
-    return NULL;
+    ngx_http_dato_curl_unwatch(c);
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+}
+
+
+/* sock points to another record, or past the last, afterwards */
+
+static void
+ngx_http_dato_curl_drop(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock)
+{
+    ngx_http_dato_curl_sock_t  *last;
+
+    last = (ngx_http_dato_curl_sock_t *) bridge->socks.elts
+           + bridge->socks.nelts - 1;
+
+    *sock = *last;
+    bridge->socks.nelts--;
 }
