@@ -39,6 +39,17 @@ typedef struct {
 } ngx_http_dato_client_call_t;
 
 
+static char *ngx_http_dato_client_split(ngx_str_t *url, ngx_str_t *host,
+    ngx_uint_t *https);
+static char *ngx_http_dato_client_strings(ngx_conf_t *cf,
+    ngx_http_dato_client_conf_t *cc, ngx_str_t *url, ngx_str_t *token);
+static char *ngx_http_dato_client_host(ngx_conf_t *cf, ngx_url_t *u,
+    ngx_str_t *url, ngx_str_t *host, ngx_uint_t https);
+static char *ngx_http_dato_client_resolver(ngx_conf_t *cf,
+    ngx_http_dato_client_conf_t *cc, ngx_url_t *u, ngx_resolver_t *resolver,
+    ngx_msec_t resolver_timeout);
+static char *ngx_http_dato_client_resolve(ngx_conf_t *cf,
+    ngx_http_dato_client_conf_t *cc, ngx_url_t *u, ngx_str_t *url);
 static size_t ngx_http_dato_client_write(char *ptr, size_t size,
     size_t nmemb, void *userdata);
 static size_t ngx_http_dato_client_header(char *ptr, size_t size,
@@ -90,61 +101,121 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     ngx_str_t *api_url, ngx_str_t *token, ngx_resolver_t *resolver,
     ngx_msec_t resolver_timeout)
 {
-    u_char      *p, *last, *host, *end, text[NGX_SOCKADDR_STRLEN];
-    size_t       len, size;
-    ngx_str_t    url;
+    char        *rv;
+    ngx_str_t    url, host;
     ngx_url_t    u;
-    ngx_uint_t   i, https;
+    ngx_uint_t   https;
 
     url = *api_url;
 
-    while (url.len && url.data[url.len - 1] == '/') {
-        url.len--;
+    rv = ngx_http_dato_client_split(&url, &host, &https);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
-    if (url.len > 8 && ngx_strncasecmp(url.data, (u_char *) "https://", 8)
-                       == 0)
-    {
-        https = 1;
-        host = url.data + 8;
+    rv = ngx_http_dato_client_strings(cf, cc, &url, token);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
 
-    } else if (url.len > 7
-               && ngx_strncasecmp(url.data, (u_char *) "http://", 7) == 0)
+    rv = ngx_http_dato_client_host(cf, &u, &url, &host, https);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    ngx_str_null(&cc->resolve);
+
+    /* an IP literal needs no name resolution */
+
+    if (u.host.len == 0 || u.host.data[0] == '['
+        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE)
     {
-        https = 0;
-        host = url.data + 7;
+        return NGX_CONF_OK;
+    }
+
+    /* the "resolver" of the location; without one nginx has a dummy */
+
+    if (resolver && resolver->connections.nelts) {
+        return ngx_http_dato_client_resolver(cf, cc, &u, resolver,
+                                             resolver_timeout);
+    }
+
+    return ngx_http_dato_client_resolve(cf, cc, &u, &url);
+}
+
+
+/*
+ * dato_api_url without its trailing slashes, and where its host (with
+ * the port) is in it; the rest of its checks are ngx_parse_url()'s
+ */
+
+static char *
+ngx_http_dato_client_split(ngx_str_t *url, ngx_str_t *host, ngx_uint_t *https)
+{
+    u_char  *p, *last;
+
+    while (url->len && url->data[url->len - 1] == '/') {
+        url->len--;
+    }
+
+    if (url->len > 8
+        && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
+    {
+        *https = 1;
+        host->data = url->data + 8;
+
+    } else if (url->len > 7
+               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
+    {
+        *https = 0;
+        host->data = url->data + 7;
 
     } else {
         return "must start with \"http://\" or \"https://\"";
     }
 
-    last = url.data + url.len;
+    last = url->data + url->len;
 
-    for (end = host; end < last; end++) {
-        if (*end == '/' || *end == '?' || *end == '#') {
+    for (p = host->data; p < last; p++) {
+        if (*p == '/' || *p == '?' || *p == '#') {
             break;
         }
 
-        if (*end <= ' ' || *end == '@') {
+        if (*p <= ' ' || *p == '@') {
             return "has an invalid host";
         }
     }
 
-    if (end < last && *end != '/') {
+    if (p < last && *p != '/') {
         return "must not have a query string or a fragment";
     }
 
-    len = url.len + sizeof("/items/bulk/publish");
+    host->len = p - host->data;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the bulk publish URL and the Authorization header, NUL-terminated */
+
+static char *
+ngx_http_dato_client_strings(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
+    ngx_str_t *url, ngx_str_t *token)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = url->len + sizeof("/items/bulk/publish");
 
     cc->publish_url.data = ngx_pnalloc(cf->pool, len);
     if (cc->publish_url.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_sprintf(cc->publish_url.data, "%V/items/bulk/publish%Z", &url);
+    p = ngx_sprintf(cc->publish_url.data, "%V/items/bulk/publish%Z", url);
     cc->publish_url.len = p - cc->publish_url.data - 1;
 
-    cc->base_url = url;
+    cc->base_url = *url;
 
     /* the token was checked at its directive: one header line, no spaces */
 
@@ -159,94 +230,110 @@ ngx_http_dato_client_conf_init(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
                     token);
     cc->authorization.len = p - cc->authorization.data - 1;
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
+    return NGX_CONF_OK;
+}
 
-    u.url.data = host;
-    u.url.len = end - host;
-    u.default_port = https ? 443 : 80;
-    u.no_resolve = 1;
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        if (u.err) {
+/* the host and port, not resolved */
+
+static char *
+ngx_http_dato_client_host(ngx_conf_t *cf, ngx_url_t *u, ngx_str_t *url,
+    ngx_str_t *host, ngx_uint_t https)
+{
+    ngx_memzero(u, sizeof(ngx_url_t));
+
+    u->url = *host;
+    u->default_port = https ? 443 : 80;
+    u->no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, u) != NGX_OK) {
+        if (u->err) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in dato_api_url \"%V\"", u.err, &url);
+                               "%s in dato_api_url \"%V\"", u->err, url);
         }
 
         return NGX_CONF_ERROR;
     }
 
-    /* an IP literal needs no name resolution */
+    return NGX_CONF_OK;
+}
 
-    if (u.host.len == 0 || u.host.data[0] == '['
-        || ngx_inet_addr(u.host.data, u.host.len) != INADDR_NONE)
-    {
-        ngx_str_null(&cc->resolve);
-        return NGX_CONF_OK;
+
+/* a host name for nginx's resolver to find before each call */
+
+static char *
+ngx_http_dato_client_resolver(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
+    ngx_url_t *u, ngx_resolver_t *resolver, ngx_msec_t resolver_timeout)
+{
+    if (u->host.len > NGX_HTTP_DATO_CURL_NAME_MAX) {
+        return "has a host name too long";
     }
 
-    /* the "resolver" of the location; without one nginx has a dummy */
+    /* lowercase, as nginx's resolver would make it in place */
 
-    if (resolver && resolver->connections.nelts) {
-        if (u.host.len > NGX_HTTP_DATO_CURL_NAME_MAX) {
-            return "has a host name too long";
-        }
-
-        /* lowercase, as nginx's resolver would make it in place */
-
-        cc->host.name.data = ngx_pnalloc(cf->pool, u.host.len);
-        if (cc->host.name.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_strlow(cc->host.name.data, u.host.data, u.host.len);
-        cc->host.name.len = u.host.len;
-
-        cc->host.port = u.port;
-        cc->host.resolver = resolver;
-
-        /* the call's timeout bounds its resolution too */
-        cc->host.timeout = ngx_min(resolver_timeout, cc->timeout);
-
-        ngx_str_null(&cc->resolve);
-        return NGX_CONF_OK;
+    cc->host.name.data = ngx_pnalloc(cf->pool, u->host.len);
+    if (cc->host.name.data == NULL) {
+        return NGX_CONF_ERROR;
     }
 
-    /*
-     * A host not found now is not worth stopping nginx for, and every
-     * site it serves: the location refuses webhooks until a reload.
-     */
+    ngx_strlow(cc->host.name.data, u->host.data, u->host.len);
+    cc->host.name.len = u->host.len;
 
-    if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+    cc->host.port = u->port;
+    cc->host.resolver = resolver;
+
+    /* the call's timeout bounds its resolution too */
+    cc->host.timeout = ngx_min(resolver_timeout, cc->timeout);
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A host name resolved now, into the CURLOPT_RESOLVE entry that every call
+ * gives curl ("HOST:PORT:ADDR,ADDR").  A host not found now is not worth
+ * stopping nginx for, and every site it serves: the location refuses
+ * webhooks until a reload.
+ */
+
+static char *
+ngx_http_dato_client_resolve(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
+    ngx_url_t *u, ngx_str_t *url)
+{
+    u_char      *p, text[NGX_SOCKADDR_STRLEN];
+    size_t       len, size;
+    ngx_uint_t   i;
+
+    if (ngx_inet_resolve_host(cf->pool, u) != NGX_OK || u->naddrs == 0) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "host not found in dato_api_url \"%V\": webhooks "
                            "are answered 503 until a reload finds it; "
                            "a \"resolver\" would look it up at run time",
-                           &url);
+                           url);
 
         cc->unresolved = 1;
-        ngx_str_null(&cc->resolve);
         return NGX_CONF_OK;
     }
 
-    size = u.host.len + sizeof(":65535:")
-           + u.naddrs * (NGX_SOCKADDR_STRLEN + 3);
+    size = u->host.len + sizeof(":65535:")
+           + u->naddrs * (NGX_SOCKADDR_STRLEN + 3);
 
     cc->resolve.data = ngx_pnalloc(cf->pool, size);
     if (cc->resolve.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_sprintf(cc->resolve.data, "%V:%d:", &u.host, (int) u.port);
+    p = ngx_sprintf(cc->resolve.data, "%V:%d:", &u->host, (int) u->port);
 
-    for (i = 0; i < u.naddrs; i++) {
-        len = ngx_sock_ntop(u.addrs[i].sockaddr, u.addrs[i].socklen, text,
+    for (i = 0; i < u->naddrs; i++) {
+        len = ngx_sock_ntop(u->addrs[i].sockaddr, u->addrs[i].socklen, text,
                             NGX_SOCKADDR_STRLEN, 0);
 
         if (i) {
             *p++ = ',';
         }
 
-        if (u.addrs[i].sockaddr->sa_family == AF_INET6) {
+        if (u->addrs[i].sockaddr->sa_family == AF_INET6) {
             p = ngx_sprintf(p, "[%*s]", len, text);
 
         } else {
