@@ -15,8 +15,10 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_action.h"
 #include "ngx_http_dato_batch.h"
 #include "ngx_http_dato_handler.h"
+#include "ngx_http_dato_sign.h"
 #include "ngx_http_dato_status.h"
 #include "ngx_http_dato_valid.h"
 
@@ -62,6 +64,16 @@ static char *ngx_http_dato_api_token(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_dato_read_secret(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_str_t *secret);
+static char *ngx_http_dato_signing_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dato_webhook_secret_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_dato_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *name, ngx_str_t *secret);
+static ngx_int_t ngx_http_dato_check_events(ngx_conf_t *cf,
+    ngx_http_dato_loc_conf_t *conf);
 static ngx_int_t ngx_http_dato_check_token(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *token, ngx_str_t *file);
 static char *ngx_http_dato_ca_file(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -147,6 +159,20 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       0,
       NULL },
 
+    { ngx_string("dato_unpublish"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_dato_publish,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      &ngx_http_dato_actions[NGX_HTTP_DATO_UNPUBLISH] },
+
+    { ngx_string("dato_move_to_stage"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dato_publish,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      &ngx_http_dato_actions[NGX_HTTP_DATO_MOVE_TO_STAGE] },
+
     { ngx_string("dato_publish_status"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_dato_publish_status,
@@ -188,6 +214,27 @@ static ngx_command_t  ngx_http_dato_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("dato_webhook_secret_file"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_dato_webhook_secret_file,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dato_webhook_signing_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dato_signing_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dato_webhook_signing_secret_file"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dato_signing_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      (void *) 1 },
 
     { ngx_string("dato_api_token"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -514,9 +561,16 @@ ngx_http_dato_merge_values(ngx_http_dato_loc_conf_t *conf,
     ngx_conf_merge_msec_value(conf->job_timeout, prev->job_timeout, 600000);
     ngx_conf_merge_uint_value(conf->batch_size, prev->batch_size, 200);
     ngx_conf_merge_msec_value(conf->batch_window, prev->batch_window, 0);
-    ngx_conf_merge_uint_value(conf->events, prev->events,
-                              NGX_HTTP_DATO_EVENT_CREATE
-                              |NGX_HTTP_DATO_EVENT_UPDATE);
+
+    /* the default depends on the action, known in the location only */
+    if (conf->events == NGX_CONF_UNSET_UINT) {
+        conf->events = prev->events;
+        conf->events_at = prev->events_at;
+    }
+
+    if (conf->signing_keys == NULL) {
+        conf->signing_keys = prev->signing_keys;
+    }
     ngx_conf_merge_uint_value(conf->wait, prev->wait, NGX_HTTP_DATO_WAIT_JOB);
     ngx_conf_merge_msec_value(conf->publish_timeout, prev->publish_timeout,
                               7000);
@@ -533,8 +587,14 @@ ngx_http_dato_check_publish(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
 {
     if (conf->token.len == 0) {
         ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->publish_at,
-                                  "\"dato_publish\" needs \"dato_api_token\" "
-                                  "or \"dato_api_token_file\"");
+                                  "\"%V\" needs \"dato_api_token\" "
+                                  "or \"dato_api_token_file\"",
+                                  &ngx_http_dato_actions[conf->action]
+                                   .directive);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_dato_check_events(cf, conf) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -550,6 +610,47 @@ ngx_http_dato_check_publish(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The loop guards: an action may not be led by the webhooks it causes
+ * itself, nor by a deletion.  Told at the line of dato_publish_events,
+ * wherever the location inherits it from.
+ */
+
+static ngx_int_t
+ngx_http_dato_check_events(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
+{
+    unsigned                 bad;
+    const char              *why;
+    ngx_http_dato_action_t  *a;
+
+    a = &ngx_http_dato_actions[conf->action];
+
+    if (conf->events == NGX_CONF_UNSET_UINT) {
+        conf->events = a->default_events;
+        return NGX_OK;
+    }
+
+    if (conf->events & a->loop_event) {
+        bad = a->loop_event;
+        why = a->loop;
+
+    } else if (conf->events & NGX_HTTP_DATO_EVENT_DELETE) {
+        bad = NGX_HTTP_DATO_EVENT_DELETE;
+        why = a->deleted;
+
+    } else {
+        return NGX_OK;
+    }
+
+    ngx_http_dato_conf_log_at(NGX_LOG_EMERG, cf, &conf->events_at,
+                              "invalid value \"%s\" in "
+                              "\"dato_publish_events\" directive, %s",
+                              ngx_http_dato_event_name(bad), why);
+
+    return NGX_ERROR;
 }
 
 
@@ -569,6 +670,8 @@ ngx_http_dato_add_target(ngx_conf_t *cf, ngx_http_dato_loc_conf_t *conf)
     }
 
     target->client.timeout = conf->api_timeout;
+    target->client.action = &ngx_http_dato_actions[conf->action];
+    target->client.stage = conf->stage;
 
     /* the core module's merge is done: its resolver is this location's */
 
@@ -643,7 +746,21 @@ ngx_http_dato_target_rate(ngx_http_dato_main_conf_t *dmcf,
         return NGX_ERROR;
     }
 
+    /*
+     * a publish keeps the key of the token and the URL, which batches in
+     * the zone and spool files of older builds name
+     */
+
     target->key = key;
+    target->action = conf->action;
+    target->stage = conf->stage;
+
+    if (conf->action != NGX_HTTP_DATO_PUBLISH) {
+        target->key ^= ngx_crc32_long(
+                           ngx_http_dato_actions[conf->action].name.data,
+                           ngx_http_dato_actions[conf->action].name.len)
+                       ^ ngx_crc32_long(conf->stage.data, conf->stage.len);
+    }
 
     target->rate.zone = dmcf->zone;
     target->rate.cap = conf->rate_limit;
@@ -654,16 +771,35 @@ ngx_http_dato_target_rate(ngx_http_dato_main_conf_t *dmcf,
 }
 
 
+/*
+ * dato_publish, dato_unpublish and dato_move_to_stage: one setter, the
+ * command's post names the action
+ */
+
 static char *
 ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
+    ngx_str_t                  *value;
+    ngx_uint_t                  action;
+    ngx_http_dato_action_t     *a;
     ngx_http_core_loc_conf_t   *clcf;
     ngx_http_dato_main_conf_t  *dmcf;
 
+    a = cmd->post ? cmd->post : &ngx_http_dato_actions[NGX_HTTP_DATO_PUBLISH];
+    action = a - ngx_http_dato_actions;
+
     if (dlcf->publish) {
-        return "is duplicate";
+        if (dlcf->action == action) {
+            return "is duplicate";
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" directive is a conflict with \"%V\"",
+                           &cmd->name,
+                           &ngx_http_dato_actions[dlcf->action].directive);
+        return NGX_CONF_ERROR;
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
@@ -674,7 +810,25 @@ ngx_http_dato_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is a conflict with \"dato_publish_status\"";
     }
 
+    if (action == NGX_HTTP_DATO_MOVE_TO_STAGE) {
+        value = cf->args->elts;
+
+        if (!ngx_http_dato_valid_word((char *) value[1].data,
+                                       value[1].len))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "a stage is 1 to %d letters, digits, \"_\" "
+                               "and \"-\"", &value[1], &cmd->name,
+                               NGX_HTTP_DATO_WORD_MAX_LEN);
+            return NGX_CONF_ERROR;
+        }
+
+        dlcf->stage = value[1];
+    }
+
     dlcf->publish = 1;
+    dlcf->action = action;
     dlcf->publish_at.file = cf->conf_file->file.name;
     dlcf->publish_at.line = cf->conf_file->line;
 
@@ -702,7 +856,11 @@ ngx_http_dato_publish_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     if (dlcf->publish) {
-        return "is a conflict with \"dato_publish\"";
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" directive is a conflict with \"%V\"",
+                           &cmd->name,
+                           &ngx_http_dato_actions[dlcf->action].directive);
+        return NGX_CONF_ERROR;
     }
 
     clcf->handler = ngx_http_dato_status_handler;
@@ -866,11 +1024,7 @@ ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
-    u_char           *p;
-    ssize_t           n;
-    ngx_str_t        *value, name, token;
-    ngx_file_t        file;
-    ngx_file_info_t   fi;
+    ngx_str_t  *value, token;
 
     if (dlcf->token.data) {
         return dlcf->token_file
@@ -879,45 +1033,75 @@ ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     value = cf->args->elts;
-    name = value[1];
 
-    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+    if (ngx_http_dato_read_secret(cf, &value[1], &token) != NGX_OK
+        || ngx_http_dato_check_token(cf, &cmd->name, &token, &value[1])
+           != NGX_OK)
+    {
         return NGX_CONF_ERROR;
+    }
+
+    dlcf->token = token;
+    dlcf->token_file = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The *_file directives: a secret is read once, here, so that it can live
+ * outside nginx.conf with stricter permissions; trailing whitespace (a
+ * final newline) is cut.  path becomes the file's full name.
+ */
+
+static ngx_int_t
+ngx_http_dato_read_secret(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *secret)
+{
+    u_char           *p;
+    ssize_t           n;
+    ngx_int_t         rc;
+    ngx_file_t        file;
+    ngx_file_info_t   fi;
+
+    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     ngx_memzero(&file, sizeof(ngx_file_t));
-    file.name = name;
+    file.name = *path;
     file.log = cf->log;
 
-    file.fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    file.fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
 
     if (file.fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &name);
-        return NGX_CONF_ERROR;
+                           ngx_open_file_n " \"%V\" failed", path);
+        return NGX_ERROR;
     }
+
+    rc = NGX_ERROR;
 
     if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_fd_info_n " \"%V\" failed", &name);
-        goto failed;
+                           ngx_fd_info_n " \"%V\" failed", path);
+        goto done;
     }
 
     if (ngx_file_size(&fi) > 4096) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is too big for an API token", &name);
-        goto failed;
+                           "\"%V\" is too big for a secret", path);
+        goto done;
     }
 
     p = ngx_pnalloc(cf->pool, (size_t) ngx_file_size(&fi) + 1);
     if (p == NULL) {
-        goto failed;
+        goto done;
     }
 
     n = ngx_read_file(&file, p, (size_t) ngx_file_size(&fi), 0);
 
     if (n == NGX_ERROR) {
-        goto failed;
+        goto done;
     }
 
     while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r'
@@ -927,23 +1111,73 @@ ngx_http_dato_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     p[n] = '\0';
-    token.data = p;
-    token.len = n;
+    secret->data = p;
+    secret->len = n;
+    rc = NGX_OK;
 
-    if (ngx_http_dato_check_token(cf, &cmd->name, &token, &name) != NGX_OK) {
-        goto failed;
+done:
+
+    ngx_close_file(file.fd);
+
+    return rc;
+}
+
+
+/*
+ * dato_webhook_signing_secret and its _file form (post set): each adds a
+ * key, so that a sender's old and new secrets both pass while it rotates.
+ * The message never shows the secret.
+ */
+
+static char *
+ngx_http_dato_signing_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    char       *why;
+    ngx_str_t  *value, secret, *key;
+
+    value = cf->args->elts;
+    secret = value[1];
+
+    if (cmd->post && ngx_http_dato_read_secret(cf, &value[1], &secret)
+                     != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
-    dlcf->token = token;
-    dlcf->token_file = 1;
+    if (dlcf->signing_keys == NULL) {
+        dlcf->signing_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+        if (dlcf->signing_keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
 
-    ngx_close_file(file.fd);
+    key = ngx_array_push(dlcf->signing_keys);
+    if (key == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
-    return NGX_CONF_OK;
+    why = ngx_http_dato_sign_key(cf->pool, &secret, key);
 
-failed:
+    if (why == NGX_CONF_ERROR) {
+        return NGX_CONF_ERROR;
+    }
 
-    ngx_close_file(file.fd);
+    if (why == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    if (cmd->post) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value in \"%V\" directive, the secret "
+                           "in \"%V\" %s", &cmd->name, &value[1], why);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value in \"%V\" directive, the secret "
+                           "%s", &cmd->name, why);
+    }
 
     return NGX_CONF_ERROR;
 }
@@ -1089,34 +1323,19 @@ ngx_http_dato_publish_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     dlcf->events = 0;
 
+    /* which events an action may take is known at the merge */
+    dlcf->events_at.file = cf->conf_file->file.name;
+    dlcf->events_at.line = cf->conf_file->line;
+
     for (i = 1; i < cf->args->nelts; i++) {
         bit = ngx_http_dato_event_bit((char *) value[i].data, value[i].len);
-
-        if (bit == NGX_HTTP_DATO_EVENT_PUBLISH) {
-
-            /* a bulk publish sends a "publish" webhook per record */
-
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid value \"%V\" in \"%V\" directive, "
-                               "it would publish in a loop: each publish "
-                               "sends a \"publish\" webhook",
-                               &value[i], &cmd->name);
-            return NGX_CONF_ERROR;
-        }
-
-        if (bit == NGX_HTTP_DATO_EVENT_DELETE) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid value \"%V\" in \"%V\" directive, "
-                               "a deleted record cannot be published",
-                               &value[i], &cmd->name);
-            return NGX_CONF_ERROR;
-        }
 
         if (bit == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid value \"%V\" in \"%V\" directive, "
-                               "expected \"create\", \"update\" or "
-                               "\"unpublish\"", &value[i], &cmd->name);
+                               "expected \"create\", \"update\", "
+                               "\"publish\" or \"unpublish\"",
+                               &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
 
@@ -1175,9 +1394,7 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dato_loc_conf_t *dlcf = conf;
 
-    u_char      c;
     ngx_str_t  *value;
-    ngx_uint_t  i;
 
     if (dlcf->secret_header.data) {
         return "is duplicate";
@@ -1185,12 +1402,47 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (value[1].len == 0 || value[2].len == 0) {
+    return ngx_http_dato_set_secret(cf, cmd, dlcf, &value[1], &value[2]);
+}
+
+
+static char *
+ngx_http_dato_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_dato_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value, secret;
+
+    if (dlcf->secret_header.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_dato_read_secret(cf, &value[2], &secret) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_dato_set_secret(cf, cmd, dlcf, &value[1], &secret);
+}
+
+
+/* the header's name and value, as nginx will read them from a request */
+
+static char *
+ngx_http_dato_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *name, ngx_str_t *secret)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (name->len == 0 || secret->len == 0) {
         return "needs a header name and a value";
     }
 
-    for (i = 0; i < value[1].len; i++) {
-        c = value[1].data[i];
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
 
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
             || (c >= '0' && c <= '9')
@@ -1202,16 +1454,16 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid header name \"%V\" in \"%V\" directive",
-                           &value[1], &cmd->name);
+                           name, &cmd->name);
         return NGX_CONF_ERROR;
     }
 
-    c = value[2].data[value[2].len - 1];
+    c = secret->data[secret->len - 1];
 
-    if (value[2].data[0] == ' ' || value[2].data[0] == '\t'
+    if (secret->data[0] == ' ' || secret->data[0] == '\t'
         || c == ' ' || c == '\t'
-        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\r')
-        || ngx_strlchr(value[2].data, value[2].data + value[2].len, '\n'))
+        || ngx_strlchr(secret->data, secret->data + secret->len, '\r')
+        || ngx_strlchr(secret->data, secret->data + secret->len, '\n'))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value in \"%V\" directive, a header "
@@ -1220,8 +1472,8 @@ ngx_http_dato_webhook_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    dlcf->secret_header = value[1];
-    dlcf->secret = value[2];
+    dlcf->secret_header = *name;
+    dlcf->secret = *secret;
     dlcf->secret_at.file = cf->conf_file->file.name;
     dlcf->secret_at.line = cf->conf_file->line;
 

@@ -66,8 +66,13 @@ typedef struct {
 
 
 typedef struct {
+    /* dato_publish, dato_unpublish or dato_move_to_stage: the handler's */
     ngx_flag_t                    publish;
     ngx_http_dato_conf_at_t       publish_at;
+
+    /* which of them, see ngx_http_dato_action.h, and its stage */
+    ngx_uint_t                    action;
+    ngx_str_t                     stage;
 
     ngx_str_t                     api_url;
     ngx_str_t                     token;
@@ -90,10 +95,15 @@ typedef struct {
     ngx_str_t                     secret;
     ngx_http_dato_conf_at_t       secret_at;
 
+    /* ngx_str_t: the decoded dato_webhook_signing_secret keys, or NULL */
+    ngx_array_t                  *signing_keys;
+
     ngx_uint_t                    batch_size;
     ngx_msec_t                    batch_window;
 
+    /* dato_publish_events, unset for the action's own default */
     ngx_uint_t                    events;
+    ngx_http_dato_conf_at_t       events_at;
     ngx_uint_t                    wait;
     ngx_msec_t                    publish_timeout;
 

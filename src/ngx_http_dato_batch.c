@@ -199,7 +199,8 @@ ngx_http_dato_batch_put(ngx_http_dato_batcher_t *b,
             id->len = (u_char) ids[i].len;
             batch->nids++;
             b->queued++;
-            ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED, 1);
+            ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_QUEUED, 1);
         }
 
         if (w && (link == NULL || link->batch != batch)) {
@@ -542,10 +543,10 @@ ngx_http_dato_batch_call(ngx_http_dato_batch_t *batch)
                    "dato: sending %ui records, env \"%V\", attempt %ui",
                    batch->nids, &batch->env, batch->attempts);
 
-    rc = ngx_http_dato_client_publish(b->bridge, &batch->target->client,
-                                      &batch->env, batch->ids, batch->nids,
-                                      ngx_http_dato_batch_answer, batch,
-                                      b->log);
+    rc = ngx_http_dato_client_bulk(b->bridge, &batch->target->client,
+                                   &batch->env, batch->ids, batch->nids,
+                                   ngx_http_dato_batch_answer, batch,
+                                   b->log);
 
     if (rc != NGX_OK) {
         ngx_http_dato_sched_release(&batch->target->rate, batch->ticket);
@@ -622,7 +623,8 @@ ngx_http_dato_batch_answer(void *data, ngx_http_dato_client_result_t *res)
         return;
     }
 
-    ngx_http_dato_stat_call(b->zone, NGX_HTTP_DATO_CALLS_PUBLISH,
+    ngx_http_dato_stat_call(b->zone,
+                            ngx_http_dato_stat_calls(batch->target->action),
                             res->status, &res->code);
 
     if (res->status >= 200 && res->status < 300) {
@@ -730,8 +732,9 @@ ngx_http_dato_batch_retry(ngx_http_dato_batch_t *batch,
     }
 
     ngx_log_error(NGX_LOG_WARN, b->log, 0,
-                  "dato: bulk publish of %ui record%s failed "
+                  "dato: bulk %V of %ui record%s failed "
                   "(%ui %V%V), retrying in %M ms",
+                  &ngx_http_dato_actions[batch->target->action].name,
                   batch->nids, ngx_http_dato_plural(batch->nids),
                   res->status, &res->code,
                   ngx_http_dato_batch_where(batch, res->status == 0,
@@ -846,8 +849,9 @@ ngx_http_dato_batch_unqueue(ngx_http_dato_batch_t *batch)
     batch->queued = 0;
     b->queued -= batch->nids;
 
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
-                           -(ngx_atomic_int_t) batch->nids);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_QUEUED,
+                               -(ngx_atomic_int_t) batch->nids);
 
     ngx_http_dato_journal_set(batch, 0);
 }
@@ -864,8 +868,8 @@ ngx_http_dato_batch_requeue(ngx_http_dato_batch_t *batch)
 
     batch->queued = 1;
     b->queued += batch->nids;
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
-                           batch->nids);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_QUEUED, batch->nids);
 
     ngx_http_dato_journal_set(batch, 1);
 }
@@ -943,6 +947,7 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     u_char                    buf[NGX_HTTP_DATO_WHERE_LEN];
     ngx_str_t                 none = ngx_string("-");
     ngx_str_t                 where;
+    ngx_http_dato_action_t   *a;
     ngx_http_dato_batcher_t  *b;
 
     b = batch->batcher;
@@ -964,10 +969,16 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
 
     last = line + sizeof(line);
 
-    p = ngx_slprintf(line, last,
-                     "dato: gave up publishing %ui record%s after %ui "
-                     "attempt%s (%s; status %ui, code %V",
-                     batch->nids, ngx_http_dato_plural(batch->nids),
+    a = &ngx_http_dato_actions[batch->target->action];
+
+    p = ngx_slprintf(line, last, "dato: gave up %s %ui record%s", a->verb,
+                     batch->nids, ngx_http_dato_plural(batch->nids));
+
+    if (batch->target->stage.len) {
+        p = ngx_slprintf(p, last, " to stage \"%V\"", &batch->target->stage);
+    }
+
+    p = ngx_slprintf(p, last, " after %ui attempt%s (%s; status %ui, code %V",
                      batch->attempts, ngx_http_dato_plural(batch->attempts),
                      why, status,
                      batch->fail_code.len ? &batch->fail_code : &none);
@@ -990,8 +1001,8 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
 
     ngx_http_dato_batch_log_ids(batch, NGX_LOG_ERR, line, p - line);
 
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
-                           batch->nids);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_GIVEN_UP, batch->nids);
 
     ngx_http_dato_batch_tell_refused(batch);
     ngx_http_dato_batch_notify(batch, 1);
@@ -1195,8 +1206,8 @@ ngx_http_dato_batch_split(ngx_http_dato_batch_t *batch)
 
     } else {
         b->queued += batch->nids;
-        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
-                               batch->nids);
+        ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_QUEUED, batch->nids);
     }
 
     /* the webhooks wait on the halves: none is woken by the parent */
@@ -1316,6 +1327,18 @@ ngx_http_dato_batch_where(ngx_http_dato_batch_t *batch, ngx_uint_t net,
 
     if (batch->env.len) {
         p = ngx_slprintf(p, last, ", environment \"%V\"", &batch->env);
+    }
+
+    /* a publish goes unnamed, as it went before there were others */
+
+    if (batch->target && batch->target->action != NGX_HTTP_DATO_PUBLISH) {
+        p = ngx_slprintf(p, last, ", action \"%V\"",
+                         &ngx_http_dato_actions[batch->target->action].name);
+
+        if (batch->target->stage.len) {
+            p = ngx_slprintf(p, last, ", stage \"%V\"",
+                             &batch->target->stage);
+        }
     }
 
     if (net && batch->target) {

@@ -42,10 +42,18 @@ typedef void (*ngx_http_dato_waiter_pt)(ngx_http_dato_waiter_t *w);
 #define NGX_HTTP_DATO_BATCH_MAX  200
 
 
-/* where batches go: one per dato_publish location */
+/* where batches go: one per dato_publish (unpublish...) location */
 typedef struct ngx_http_dato_target_s {
-    /* a hash of the token and the URL, as the scheduler's key */
+    /*
+     * a hash of the token, the URL, the action and its stage, by which
+     * an heir or the spool finds the target of a batch; the scheduler's
+     * entry is the token's and URL's alone (rate.index)
+     */
     uint32_t                      key;
+
+    /* ngx_http_dato_action_e, and the stage of dato_move_to_stage */
+    ngx_uint_t                    action;
+    ngx_str_t                     stage;
 
     ngx_http_dato_client_conf_t   client;
     ngx_http_dato_rate_t          rate;

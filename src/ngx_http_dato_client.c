@@ -60,8 +60,8 @@ static void ngx_http_dato_client_done(void *data, void *easy, ngx_int_t rc);
 static void ngx_http_dato_client_read(ngx_http_dato_client_call_t *call);
 static void ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf,
     size_t size, const char *src, size_t len);
-static char *ngx_http_dato_client_body(ngx_http_dato_id_t *ids,
-    ngx_uint_t n);
+static char *ngx_http_dato_client_body(ngx_http_dato_client_conf_t *cc,
+    ngx_http_dato_id_t *ids, ngx_uint_t n);
 static ngx_http_dato_client_call_t *ngx_http_dato_client_call(
     ngx_http_dato_client_done_pt done, void *data, ngx_log_t *log);
 static ngx_int_t ngx_http_dato_client_start(ngx_http_dato_curl_t *bridge,
@@ -196,7 +196,7 @@ ngx_http_dato_client_split(ngx_str_t *url, ngx_str_t *host, ngx_uint_t *https)
 }
 
 
-/* the bulk publish URL and the Authorization header, NUL-terminated */
+/* the bulk action's URL and the Authorization header, NUL-terminated */
 
 static char *
 ngx_http_dato_client_strings(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
@@ -205,15 +205,16 @@ ngx_http_dato_client_strings(ngx_conf_t *cf, ngx_http_dato_client_conf_t *cc,
     u_char  *p;
     size_t   len;
 
-    len = url->len + sizeof("/items/bulk/publish");
+    len = url->len + sizeof("/items/bulk/") + cc->action->name.len;
 
-    cc->publish_url.data = ngx_pnalloc(cf->pool, len);
-    if (cc->publish_url.data == NULL) {
+    cc->bulk_url.data = ngx_pnalloc(cf->pool, len);
+    if (cc->bulk_url.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    p = ngx_sprintf(cc->publish_url.data, "%V/items/bulk/publish%Z", url);
-    cc->publish_url.len = p - cc->publish_url.data - 1;
+    p = ngx_sprintf(cc->bulk_url.data, "%V/items/bulk/%V%Z", url,
+                    &cc->action->name);
+    cc->bulk_url.len = p - cc->bulk_url.data - 1;
 
     cc->base_url = *url;
 
@@ -376,7 +377,7 @@ ngx_http_dato_client_ready(ngx_http_dato_client_conf_t *cc, ngx_log_t *log)
 
 
 ngx_int_t
-ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
+ngx_http_dato_client_bulk(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
     ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
     ngx_log_t *log)
@@ -389,14 +390,14 @@ ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
         return NGX_ERROR;
     }
 
-    call->body = ngx_http_dato_client_body(ids, n);
+    call->body = ngx_http_dato_client_body(cc, ids, n);
     if (call->body == NULL) {
         ngx_http_dato_client_free(call);
         return NGX_ERROR;
     }
 
     rc = ngx_http_dato_client_start(bridge, cc, env,
-                                    (char *) cc->publish_url.data, call);
+                                    (char *) cc->bulk_url.data, call);
 
     if (rc != NGX_OK) {
         ngx_http_dato_client_free(call);
@@ -963,8 +964,11 @@ ngx_http_dato_client_set(ngx_str_t *dst, u_char *buf, size_t size,
 }
 
 
+/* {"data":{"type":"item_bulk_..._operation", ["attributes":...,] ...}} */
+
 static char *
-ngx_http_dato_client_body(ngx_http_dato_id_t *ids, ngx_uint_t n)
+ngx_http_dato_client_body(ngx_http_dato_client_conf_t *cc,
+    ngx_http_dato_id_t *ids, ngx_uint_t n)
 {
     char        *body;
     json_t      *root, *items, *item;
@@ -987,12 +991,25 @@ ngx_http_dato_client_body(ngx_http_dato_id_t *ids, ngx_uint_t n)
 
     root = json_pack("{s:{s:s, s:{s:{s:o}}}}",
                      "data",
-                     "type", "item_bulk_publish_operation",
+                     "type", cc->action->type,
                      "relationships",
                      "items",
                      "data", items);
 
     if (root == NULL) {
+        return NULL;
+    }
+
+    /* the stage was checked at its directive: a plain word */
+
+    if (cc->stage.len
+        && json_object_set_new(json_object_get(root, "data"), "attributes",
+                               json_pack("{s:s#}", "stage",
+                                         (char *) cc->stage.data,
+                                         (int) cc->stage.len))
+           != 0)
+    {
+        json_decref(root);
         return NULL;
     }
 

@@ -14,6 +14,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
+#include "ngx_http_dato_action.h"
 #include "ngx_http_dato_curl.h"
 #include "ngx_http_dato_parse.h"
 
@@ -32,7 +33,12 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                   base_url;        /* no trailing slash */
-    ngx_str_t                   publish_url;     /* NUL-terminated */
+
+    /* the bulk action's, set before ngx_http_dato_client_conf_init() */
+    ngx_http_dato_action_t     *action;
+    ngx_str_t                   stage;
+
+    ngx_str_t                   bulk_url;        /* NUL-terminated */
     ngx_str_t                   authorization;   /* NUL-terminated */
     ngx_str_t                   ca_file;         /* NUL-terminated or empty */
     ngx_msec_t                  timeout;
@@ -109,7 +115,7 @@ char *ngx_http_dato_client_conf_init(ngx_conf_t *cf,
     ngx_resolver_t *resolver, ngx_msec_t resolver_timeout);
 ngx_int_t ngx_http_dato_client_ready(ngx_http_dato_client_conf_t *cc,
     ngx_log_t *log);
-ngx_int_t ngx_http_dato_client_publish(ngx_http_dato_curl_t *bridge,
+ngx_int_t ngx_http_dato_client_bulk(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_client_conf_t *cc, ngx_str_t *env, ngx_http_dato_id_t *ids,
     ngx_uint_t n, ngx_http_dato_client_done_pt done, void *data,
     ngx_log_t *log);

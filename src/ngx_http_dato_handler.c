@@ -10,7 +10,9 @@
 #include <jansson.h>
 
 #include "ngx_http_dato.h"
+#include "ngx_http_dato_action.h"
 #include "ngx_http_dato_batch.h"
+#include "ngx_http_dato_guard.h"
 #include "ngx_http_dato_handler.h"
 #include "ngx_http_dato_parse.h"
 #include "ngx_http_dato_util.h"
@@ -37,8 +39,12 @@ static ngx_http_dato_ctx_t *ngx_http_dato_create_ctx(ngx_http_request_t *r,
 static ngx_int_t ngx_http_dato_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_dato_json_type(ngx_http_request_t *r);
-static ngx_int_t ngx_http_dato_check_secret(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf);
+static ngx_int_t ngx_http_dato_replay(ngx_http_request_t *r,
+    ngx_http_dato_loc_conf_t *dlcf, ngx_http_dato_parse_result_t *res);
+static ngx_int_t ngx_http_dato_send_buf(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
+static ngx_int_t ngx_http_dato_variable_action(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static void ngx_http_dato_wake(ngx_http_dato_waiter_t *w);
 static void ngx_http_dato_wait_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dato_answer(ngx_http_request_t *r,
@@ -73,6 +79,9 @@ ngx_http_variable_t  ngx_http_dato_variables[] = {
     { ngx_string("dato_records"), NULL, ngx_http_dato_variable_records, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("dato_action"), NULL, ngx_http_dato_variable_action, 0,
+      0, 0 },
+
       ngx_http_null_variable
 };
 
@@ -88,7 +97,7 @@ ngx_http_dato_handler(ngx_http_request_t *r)
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
 
     if (dlcf->secret_header.len
-        && ngx_http_dato_check_secret(r, dlcf) != NGX_OK)
+        && ngx_http_dato_guard_secret(r, dlcf) != NGX_OK)
     {
         rc = ngx_http_discard_request_body(r);
 
@@ -152,6 +161,7 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_str_t                      body;
     ngx_uint_t                     stat;
+    ngx_http_dato_sign_rc_e        sign;
     ngx_http_dato_loc_conf_t      *dlcf;
     ngx_http_dato_parse_result_t   res;
 
@@ -162,13 +172,31 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
         return;
     }
 
+    if (dlcf->signing_keys) {
+        sign = ngx_http_dato_guard_signature(r, dlcf, &body);
+
+        if (sign != NGX_HTTP_DATO_SIGN_OK) {
+            ngx_http_finalize_request(r,
+                ngx_http_dato_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                         "unauthorized",
+                                         ngx_http_dato_sign_reason(sign),
+                                         NULL));
+            return;
+        }
+    }
+
     ngx_http_dato_parse((char *) body.data, body.len, dlcf->events,
                         dlcf->max_records, &res);
 
     switch (res.status) {
 
     case NGX_HTTP_DATO_PARSE_PUBLISH:
-        rc = ngx_http_dato_queue_webhook(r, &res);
+        rc = ngx_http_dato_replay(r, dlcf, &res);
+
+        if (rc == NGX_DECLINED) {
+            rc = ngx_http_dato_queue_webhook(r, &res);
+        }
+
         break;
 
     case NGX_HTTP_DATO_PARSE_IGNORED:
@@ -486,8 +514,7 @@ ngx_http_dato_answer(ngx_http_request_t *r, ngx_http_dato_waiter_t *w,
         b->last = ngx_sprintf(b->last, "%ui", records);
         b->last = ngx_cpymem(b->last, tail->data, tail->len);
 
-        return ngx_http_dato_output(r, NGX_HTTP_ACCEPTED, "application/json",
-                                    b);
+        return ngx_http_dato_send_buf(r, NGX_HTTP_ACCEPTED, b);
     }
 
     jobs = json_array();
@@ -767,7 +794,78 @@ ngx_http_dato_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *root)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    return ngx_http_dato_send_buf(r, status, b);
+}
+
+
+/* every answer to a webhook: a replay of the call will get the same */
+
+static ngx_int_t
+ngx_http_dato_send_buf(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_http_dato_guard_settle(r, status, b);
+
     return ngx_http_dato_output(r, status, "application/json", b);
+}
+
+
+/*
+ * NGX_DECLINED: a new call, to be queued.  Otherwise the answer: the one
+ * the call had when it was accepted before, or a 409 while that call is
+ * still being answered (the sender tries again, and then gets it).
+ */
+
+static ngx_int_t
+ngx_http_dato_replay(ngx_http_request_t *r, ngx_http_dato_loc_conf_t *dlcf,
+    ngx_http_dato_parse_result_t *res)
+{
+    ngx_int_t                     rc;
+    ngx_buf_t                    *b;
+    ngx_http_dato_seen_answer_t   answer;
+
+    rc = ngx_http_dato_guard_replay(r, dlcf, res, &answer);
+
+    if (rc == NGX_DECLINED) {
+        return NGX_DECLINED;
+    }
+
+    if (rc == NGX_BUSY) {
+        if (ngx_http_dato_add_header(r, "Retry-After", "1") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_dato_send_error(r, NGX_HTTP_CONFLICT,
+                                        "call in progress",
+                                        "a call with the same ID is being "
+                                        "answered, try again", NULL);
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_dato_count_webhook(r, NGX_HTTP_DATO_WEBHOOKS_REPLAYED);
+
+    if (answer.body.len == 0) {
+
+        /* an answer too long to keep: the status, and what happened */
+
+        return ngx_http_dato_send_json(r, answer.status,
+                                       json_pack("{s:{s:s}}", "meta",
+                                                 "status", "replayed"));
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = answer.body.data;
+    b->last = answer.body.data + answer.body.len;
+    b->memory = 1;
+
+    return ngx_http_dato_output(r, answer.status, "application/json", b);
 }
 
 
@@ -789,55 +887,6 @@ ngx_http_dato_add_header(ngx_http_request_t *r, const char *name,
     h->value.len = ngx_strlen(value);
 
     return NGX_OK;
-}
-
-
-/*
- * The shared secret of dato_webhook_secret, compared in constant time so
- * that the time of a refusal does not tell how much of a guess was right
- */
-
-static ngx_int_t
-ngx_http_dato_check_secret(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf)
-{
-    u_char            diff;
-    ngx_uint_t        i, j, n;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NGX_DECLINED;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == dlcf->secret_header.len
-            && ngx_strncasecmp(h[i].key.data, dlcf->secret_header.data,
-                               h[i].key.len) == 0)
-        {
-            break;
-        }
-    }
-
-    n = dlcf->secret.len;
-    diff = (h[i].value.len != n);
-
-    for (j = 0; j < n; j++) {
-        diff |= dlcf->secret.data[j]
-                ^ (j < h[i].value.len ? h[i].value.data[j] : 0);
-    }
-
-    return diff ? NGX_DECLINED : NGX_OK;
 }
 
 
@@ -1059,6 +1108,29 @@ ngx_http_dato_variable_records(ngx_http_request_t *r,
     v->len = ngx_sprintf(p, "%ui", ctx->records) - p;
     v->valid = 1;
     v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dato_variable_action(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_dato_loc_conf_t  *dlcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dato_module);
+
+    if (!dlcf->publish) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ngx_http_dato_actions[dlcf->action].name.data;
+    v->len = ngx_http_dato_actions[dlcf->action].name.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
     v->not_found = 0;
 
     return NGX_OK;

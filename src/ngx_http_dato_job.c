@@ -75,7 +75,8 @@ ngx_http_dato_job_accepted(ngx_http_dato_batch_t *batch,
 
     ngx_http_dato_batch_unqueue(batch);
 
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_SENT, batch->nids);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_SENT, batch->nids);
     ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_ID,
                                batch->accepted - batch->opened);
 
@@ -419,10 +420,11 @@ ngx_http_dato_job_stats(ngx_http_dato_batch_t *batch, ngx_uint_t bad)
 
     ngx_http_dato_stat_add(b->zone, bad ? NGX_HTTP_DATO_JOBS_FAILED
                                         : NGX_HTTP_DATO_JOBS_DONE, 1);
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_PUBLISHED,
-                           batch->successful);
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_FAILED,
-                           batch->failed);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_PUBLISHED,
+                               batch->successful);
+    ngx_http_dato_stat_records(b->zone, batch->target->action,
+                               NGX_HTTP_DATO_RECORDS_FAILED, batch->failed);
     ngx_http_dato_stat_latency(b->zone, NGX_HTTP_DATO_LATENCY_JOB_DONE,
                                ngx_current_msec - batch->opened);
     ngx_http_dato_stat_job(b->zone, &batch->job, batch->nids,

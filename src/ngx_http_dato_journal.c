@@ -149,8 +149,11 @@ ngx_http_dato_journal_inherit(ngx_http_dato_batcher_t *b,
 
     /* the dead worker's count of queued records is the heir's now */
 
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_QUEUED,
-                           -(ngx_atomic_int_t) orphan->nids);
+    ngx_http_dato_stat_records(b->zone,
+                               target ? target->action
+                                      : NGX_HTTP_DATO_ACTIONS,
+                               NGX_HTTP_DATO_RECORDS_QUEUED,
+                               -(ngx_atomic_int_t) orphan->nids);
 
     orphan->nids = ngx_min(orphan->nids, NGX_HTTP_DATO_BATCH_MAX);
 
@@ -183,8 +186,8 @@ ngx_http_dato_journal_inherit(ngx_http_dato_batcher_t *b,
         ngx_http_dato_batch_log_ids(orphan, NGX_LOG_ERR, orphaned.data,
                                     orphaned.len);
 
-        ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP,
-                               orphan->nids);
+        ngx_http_dato_stat_records(b->zone, NGX_HTTP_DATO_ACTIONS,
+                               NGX_HTTP_DATO_RECORDS_GIVEN_UP, orphan->nids);
     }
 
     ngx_http_dato_shm_free(b->zone, orphan);
@@ -335,7 +338,8 @@ ngx_http_dato_journal_unspool(void *data, uint32_t key, ngx_str_t *env,
 
     ngx_http_dato_batch_log_ids(lost, NGX_LOG_ERR, foreign.data, foreign.len);
 
-    ngx_http_dato_stat_add(b->zone, NGX_HTTP_DATO_RECORDS_GIVEN_UP, n);
+    ngx_http_dato_stat_records(b->zone, NGX_HTTP_DATO_ACTIONS,
+                               NGX_HTTP_DATO_RECORDS_GIVEN_UP, n);
 
     ngx_free(lost);
 

@@ -164,7 +164,7 @@ static int
 ngx_http_dato_parse_webhook(json_t *root, unsigned events,
     ngx_http_dato_parse_result_t *res)
 {
-    json_t  *entity_type, *event_type, *entity, *id, *env, *primary;
+    json_t  *entity_type, *event_type, *entity, *id, *env, *primary, *call;
 
     entity_type = json_object_get(root, "entity_type");
     event_type = json_object_get(root, "event_type");
@@ -203,6 +203,17 @@ ngx_http_dato_parse_webhook(json_t *root, unsigned events,
 
     primary = json_object_get(root, "is_environment_primary");
     env = json_object_get(root, "environment");
+    call = json_object_get(root, "webhook_call_id");
+
+    /* a retry's key for the replay guard; a webhook without one has none */
+
+    if (json_is_string(call)
+        && ngx_http_dato_valid_word(json_string_value(call),
+                                    json_string_length(call)))
+    {
+        res->call_id.data = json_string_value(call);
+        res->call_id.len = json_string_length(call);
+    }
 
     if (json_is_false(primary)) {
         if (!json_is_string(env)

@@ -69,6 +69,9 @@ typedef struct {
     /* the webhook's own environment when it is not the primary one */
     ngx_http_dato_parse_str_t   environment;
 
+    /* DatoCMS's webhook_call_id, the same in its retries; or empty */
+    ngx_http_dato_parse_str_t   call_id;
+
     json_t                     *root;
 
     /* last: ngx_http_dato_parse() clears the fields up to its first byte */

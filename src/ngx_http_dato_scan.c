@@ -89,6 +89,7 @@ typedef struct {
     ngx_http_dato_tok_t         event_type;
     ngx_http_dato_tok_t         environment;
     ngx_http_dato_tok_t         primary;
+    ngx_http_dato_tok_t         call_id;
     ngx_http_dato_tok_t         entity;
     ngx_http_dato_tok_t         entity_id;
     ngx_http_dato_tok_t         data;
@@ -723,6 +724,10 @@ ngx_http_dato_scan_slot(ngx_http_dato_scan_t *s, int at,
             return &s->primary;
         }
 
+        if (ngx_http_dato_key_is(key, len, "webhook_call_id")) {
+            return &s->call_id;
+        }
+
         if (ngx_http_dato_key_is(key, len, "entity")) {
             *inner = NGX_HTTP_DATO_AT_ENTITY;
             return &s->entity;
@@ -1042,6 +1047,20 @@ ngx_http_dato_scan_decide(ngx_http_dato_scan_t *s, unsigned events,
             res->environment.len = s->environment.len;
         }
 
+        /* an escaped one is left to jansson, which decodes it */
+
+        if (s->call_id.kind == '"' && s->call_id.escaped) {
+            return NGX_HTTP_DATO_SCAN_DECLINED;
+        }
+
+        if (s->call_id.kind == '"'
+            && ngx_http_dato_valid_word((const char *) s->call_id.data,
+                                        s->call_id.len))
+        {
+            res->call_id.data = (const char *) s->call_id.data;
+            res->call_id.len = s->call_id.len;
+        }
+
         res->id.data = (const char *) s->entity_id.data;
         res->id.len = s->entity_id.len;
         res->ids = &res->id;
@@ -1104,6 +1123,8 @@ publish:
         res->nids = 0;
         res->environment.data = NULL;
         res->environment.len = 0;
+        res->call_id.data = NULL;
+        res->call_id.len = 0;
 
         return NGX_HTTP_DATO_SCAN_DECLINED;
     }

@@ -384,6 +384,41 @@ ngx_http_dato_stat_add(ngx_shm_zone_t *zone, ngx_uint_t stat,
 }
 
 
+/*
+ * A record counter, in all and for its action; records whose action is
+ * not known (NGX_HTTP_DATO_ACTIONS: a dead worker's that no location
+ * takes) count in all only.
+ */
+
+void
+ngx_http_dato_stat_records(ngx_shm_zone_t *zone, ngx_uint_t action,
+    ngx_uint_t stat, ngx_atomic_int_t n)
+{
+    ngx_http_dato_stat_add(zone, stat, n);
+
+    if (action < NGX_HTTP_DATO_ACTIONS) {
+        ngx_http_dato_stat_add(zone, ngx_http_dato_action_stat(action, stat),
+                               n);
+    }
+}
+
+
+/* the first of an action's call counters, see ngx_http_dato_stat_call() */
+
+ngx_uint_t
+ngx_http_dato_stat_calls(ngx_uint_t action)
+{
+    switch (action) {
+    case NGX_HTTP_DATO_UNPUBLISH:
+        return NGX_HTTP_DATO_CALLS_UNPUBLISH;
+    case NGX_HTTP_DATO_MOVE_TO_STAGE:
+        return NGX_HTTP_DATO_CALLS_MOVE_TO_STAGE;
+    default:
+        return NGX_HTTP_DATO_CALLS_PUBLISH;
+    }
+}
+
+
 ngx_uint_t
 ngx_http_dato_stat_rejected(ngx_uint_t status)
 {
@@ -394,6 +429,8 @@ ngx_http_dato_stat_rejected(ngx_uint_t status)
         return NGX_HTTP_DATO_REJECTED_401;
     case 405:
         return NGX_HTTP_DATO_REJECTED_405;
+    case 409:
+        return NGX_HTTP_DATO_REJECTED_409;
     case 413:
         return NGX_HTTP_DATO_REJECTED_413;
     case 415:

@@ -16,12 +16,23 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
+#include "ngx_http_dato_action.h"
 #include "ngx_http_dato_sched.h"
 
 
 /* dato_zone_size: the default, and the least that nginx takes */
 #define NGX_HTTP_DATO_SHM_SIZE      (4 * 1024 * 1024)
 #define NGX_HTTP_DATO_SHM_SIZE_MIN  (32 * 1024)
+
+
+/* how many of the record counters follow each action */
+#define NGX_HTTP_DATO_ACTION_STATS                                            \
+    (NGX_HTTP_DATO_RECORDS_GIVEN_UP - NGX_HTTP_DATO_RECORDS_QUEUED + 1)
+
+/* where an action's record counter is, NGX_HTTP_DATO_RECORDS_* its kind */
+#define ngx_http_dato_action_stat(action, stat)                               \
+    (NGX_HTTP_DATO_ACTION_RECORDS + (action) * NGX_HTTP_DATO_ACTION_STATS     \
+     + (stat) - NGX_HTTP_DATO_RECORDS_QUEUED)
 
 
 /* the counters and gauges of the status page */
@@ -50,7 +61,15 @@ enum {
     NGX_HTTP_DATO_JOBS_DONE,
     NGX_HTTP_DATO_JOBS_FAILED,
     NGX_HTTP_DATO_JOBS_UNFINISHED,
-    NGX_HTTP_DATO_STATS
+    NGX_HTTP_DATO_WEBHOOKS_REPLAYED,
+    NGX_HTTP_DATO_REJECTED_409,
+    NGX_HTTP_DATO_CALLS_UNPUBLISH,
+    NGX_HTTP_DATO_CALLS_MOVE_TO_STAGE = NGX_HTTP_DATO_CALLS_UNPUBLISH + 5,
+
+    /* NGX_HTTP_DATO_RECORDS_QUEUED ... _GIVEN_UP again, per action */
+    NGX_HTTP_DATO_ACTION_RECORDS = NGX_HTTP_DATO_CALLS_MOVE_TO_STAGE + 5,
+    NGX_HTTP_DATO_STATS = NGX_HTTP_DATO_ACTION_RECORDS
+                          + NGX_HTTP_DATO_ACTION_STATS * NGX_HTTP_DATO_ACTIONS
 };
 
 /* the outcome of an API call, added to NGX_HTTP_DATO_CALLS_* */
@@ -135,6 +154,9 @@ void ngx_http_dato_shm_init_process(ngx_shm_zone_t *zone);
 
 void ngx_http_dato_stat_add(ngx_shm_zone_t *zone, ngx_uint_t stat,
     ngx_atomic_int_t n);
+void ngx_http_dato_stat_records(ngx_shm_zone_t *zone, ngx_uint_t action,
+    ngx_uint_t stat, ngx_atomic_int_t n);
+ngx_uint_t ngx_http_dato_stat_calls(ngx_uint_t action);
 ngx_uint_t ngx_http_dato_stat_rejected(ngx_uint_t status);
 void ngx_http_dato_stat_call(ngx_shm_zone_t *zone, ngx_uint_t base,
     ngx_uint_t status, ngx_str_t *code);

@@ -63,6 +63,11 @@ static ngx_http_dato_metric_t  ngx_http_dato_metrics[] = {
         "Webhooks whose records were queued.", NULL,
         "webhooks.accepted", NGX_HTTP_DATO_WEBHOOKS_ACCEPTED),
 
+    ngx_http_dato_counter("dato_webhooks_replayed_total",
+        "Calls accepted before (a webhook-id or webhook_call_id seen), "
+        "answered as then.", NULL,
+        "webhooks.replayed", NGX_HTTP_DATO_WEBHOOKS_REPLAYED),
+
     ngx_http_dato_counter("dato_webhooks_ignored_total",
         "Webhooks answered 200 without a publish, by reason.",
         "reason=\"entity_type\"",
@@ -81,6 +86,9 @@ static ngx_http_dato_metric_t  ngx_http_dato_metrics[] = {
     ngx_http_dato_counter("dato_webhooks_rejected_total", NULL,
         "status=\"405\"", "webhooks.rejected.405",
         NGX_HTTP_DATO_REJECTED_405),
+    ngx_http_dato_counter("dato_webhooks_rejected_total", NULL,
+        "status=\"409\"", "webhooks.rejected.409",
+        NGX_HTTP_DATO_REJECTED_409),
     ngx_http_dato_counter("dato_webhooks_rejected_total", NULL,
         "status=\"413\"", "webhooks.rejected.413",
         NGX_HTTP_DATO_REJECTED_413),
@@ -136,7 +144,46 @@ static ngx_http_dato_metric_t  ngx_http_dato_metrics[] = {
     ngx_http_dato_calls("publish", NGX_HTTP_DATO_CALLS_PUBLISH,
         "Calls to the DatoCMS API, by call and outcome (a job poll "
         "answered 404, still running, is a success)."),
+    ngx_http_dato_calls("unpublish", NGX_HTTP_DATO_CALLS_UNPUBLISH, NULL),
+    ngx_http_dato_calls("move_to_stage", NGX_HTTP_DATO_CALLS_MOVE_TO_STAGE,
+                        NULL),
     ngx_http_dato_calls("job_result", NGX_HTTP_DATO_CALLS_JOB, NULL),
+
+    /* the record counters again, by action: a family's samples together */
+
+#define ngx_http_dato_action_queued(action, i, help)                          \
+    ngx_http_dato_gauge("dato_action_records_queued", help,                   \
+        "action=\"" action "\"", "actions." action ".records.queued",         \
+        ngx_http_dato_action_stat(i, NGX_HTTP_DATO_RECORDS_QUEUED))
+
+    ngx_http_dato_action_queued("publish", NGX_HTTP_DATO_PUBLISH,
+        "Records queued or in flight now, by action."),
+    ngx_http_dato_action_queued("unpublish", NGX_HTTP_DATO_UNPUBLISH, NULL),
+    ngx_http_dato_action_queued("move-to-stage", NGX_HTTP_DATO_MOVE_TO_STAGE,
+                                NULL),
+
+#define ngx_http_dato_action_state(action, i, state, stat, help)              \
+    ngx_http_dato_counter("dato_action_records_total", help,                  \
+        "action=\"" action "\",state=\"" state "\"",                          \
+        "actions." action ".records." state,                                  \
+        ngx_http_dato_action_stat(i, stat))
+
+#define ngx_http_dato_action_records(action, i, help)                         \
+    ngx_http_dato_action_state(action, i, "sent",                             \
+                               NGX_HTTP_DATO_RECORDS_SENT, help),             \
+    ngx_http_dato_action_state(action, i, "done",                             \
+                               NGX_HTTP_DATO_RECORDS_PUBLISHED, NULL),        \
+    ngx_http_dato_action_state(action, i, "failed",                           \
+                               NGX_HTTP_DATO_RECORDS_FAILED, NULL),           \
+    ngx_http_dato_action_state(action, i, "given_up",                         \
+                               NGX_HTTP_DATO_RECORDS_GIVEN_UP, NULL)
+
+    ngx_http_dato_action_records("publish", NGX_HTTP_DATO_PUBLISH,
+        "Records by action: sent (DatoCMS accepted the call), done and "
+        "failed (as the job told), given up (logged with their IDs)."),
+    ngx_http_dato_action_records("unpublish", NGX_HTTP_DATO_UNPUBLISH, NULL),
+    ngx_http_dato_action_records("move-to-stage",
+                                 NGX_HTTP_DATO_MOVE_TO_STAGE, NULL),
 
     ngx_http_dato_counter("dato_api_retries_total",
         "Bulk publish calls made again after a failure.", NULL,

@@ -119,6 +119,33 @@ ngx_http_dato_valid_env(const char *p, size_t len)
 }
 
 
+/*
+ * A workflow stage's ID, as dato_move_to_stage names it, and DatoCMS's
+ * webhook_call_id: they go into every call's JSON, log lines and the
+ * replay guard's keys, so they are kept to a plain word.
+ */
+
+int
+ngx_http_dato_valid_word(const char *p, size_t len)
+{
+    size_t  i;
+
+    if (len == 0 || len > NGX_HTTP_DATO_WORD_MAX_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z')
+              || (p[i] >= '0' && p[i] <= '9') || p[i] == '-' || p[i] == '_'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 unsigned
 ngx_http_dato_event_bit(const char *name, size_t len)
 {
@@ -133,6 +160,21 @@ ngx_http_dato_event_bit(const char *name, size_t len)
     }
 
     return 0;
+}
+
+
+const char *
+ngx_http_dato_event_name(unsigned bit)
+{
+    int  i;
+
+    for (i = 0; ngx_http_dato_event_names[i].name; i++) {
+        if (ngx_http_dato_event_names[i].bit == bit) {
+            return ngx_http_dato_event_names[i].name;
+        }
+    }
+
+    return "";
 }
 
 

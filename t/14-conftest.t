@@ -75,7 +75,19 @@ ok    | loc  | dato_rate_limit 60;                             | here    | -
 ok    | loc  | dato_rate_limit 20 1s;                          | here    | -
 emerg | loc  | dato_publish_events create publish;             | here    | invalid value "publish" in "dato_publish_events" directive, it would publish in a loop: each publish sends a "publish" webhook
 emerg | loc  | dato_publish_events delete;                     | here    | invalid value "delete" in "dato_publish_events" directive, a deleted record cannot be published
-emerg | http | dato_publish_events save;                       | here    | invalid value "save" in "dato_publish_events" directive, expected "create", "update" or "unpublish"
+emerg | http | dato_publish_events save;                       | here    | invalid value "save" in "dato_publish_events" directive, expected "create", "update", "publish" or "unpublish"
+emerg | http | dato_publish_events publish;                    | here    | invalid value "publish" in "dato_publish_events" directive, it would publish in a loop: each publish sends a "publish" webhook
+emerg | loc  | dato_unpublish; dato_publish_events unpublish;  | here    | invalid value "unpublish" in "dato_publish_events" directive, it would unpublish in a loop: each unpublish sends an "unpublish" webhook
+emerg | loc  | dato_move_to_stage review; dato_publish_events update; | here | invalid value "update" in "dato_publish_events" directive, it would move records in a loop: each move to a stage sends an "update" webhook
+ok    | loc  | dato_unpublish; dato_publish_events publish create; | here | -
+ok    | loc  | dato_move_to_stage in_review-2;                 | here    | -
+emerg | loc  | dato_move_to_stage "in review";                 | here    | invalid value "in review" in "dato_move_to_stage" directive, a stage is 1 to 64 letters, digits, "_" and "-"
+emerg | loc  | dato_publish; dato_unpublish;                   | here    | "dato_unpublish" directive is a conflict with "dato_publish"
+emerg | loc  | dato_unpublish; dato_publish_status;            | here    | "dato_publish_status" directive is a conflict with "dato_unpublish"
+emerg | loc  | dato_webhook_signing_secret s3cr3t;             | here    | invalid value in "dato_webhook_signing_secret" directive, the secret does not start with "whsec_"
+emerg | srv  | dato_webhook_signing_secret whsec_c2hvcnQ=;     | here    | invalid value in "dato_webhook_signing_secret" directive, the secret must decode to 24 to 64 bytes
+ok    | http | dato_webhook_signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw; dato_webhook_signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw; | here | -
+emerg | loc  | dato_webhook_secret_file X-Secret %%TMP%%/missing.key; | here | open() "%%TMP%%/missing.key" failed (2: No such file or directory)
 emerg | loc  | dato_environment Staging;                       | here    | invalid value "Staging" in "dato_environment" directive, an environment is 1 to 63 lowercase letters, digits and dashes
 emerg | loc  | dato_api_ca_file %%TMP%%/missing.pem;           | here    | invalid value "%%TMP%%/missing.pem" in "dato_api_ca_file" directive, stat() failed (2: No such file or directory)
 emerg | srv  | dato_api_ca_file %%TMP%%;                       | here    | invalid value "%%TMP%%" in "dato_api_ca_file" directive, it is not a file
@@ -103,7 +115,8 @@ for my $row (split /\n/, $cases) {
     my $url = $line =~ /\bdato_api_url\b/ ? ''
                                            : 'dato_api_url http://127.0.0.1:%%PORT2%%;';
     my $token = $line =~ /\bdato_api_token/ ? '' : 'dato_api_token test-token;';
-    my $publish = $line =~ /\bdato_publish\b/ ? '' : 'dato_publish;  # publish';
+    my $publish = $line =~ /\bdato_(?:publish|unpublish|move_to_stage)\b/
+                ? '' : 'dato_publish;  # publish';
 
     my ($rc, $out) = $t->test_conf(http => <<"EOF");
     $url

@@ -6,6 +6,7 @@
 --   wrk ... -s webhook.lua URL -- pool  [SEED]
 --       entity.id drawn at random from a fixed pool of 100 valid record
 --       IDs (50 base64url, 50 decimal): per-batch dedup keeps API calls low
+--   every request has a webhook_call_id of its own, as DatoCMS's do
 --   wrk ... -s webhook.lua URL -- fresh PREFIX
 --       a new decimal ID for every request: PREFIX (1..99999) * 10^9
 --       + thread number * 10^8 + a per-thread counter; unique per run as
@@ -45,7 +46,7 @@ local template = '{"site_id":"124833","webhook_id":"31274",'
   .. '"is_current_version_valid":true,"is_published_version_valid":true,'
   .. '"status":"draft","current_version":"KnN0WoQJTQWYbm4Ro3T8Hg",'
   .. '"stage":null}},'
-  .. '"related_entities":[],"webhook_call_id":"103216210",'
+  .. '"related_entities":[],"webhook_call_id":"%s",'
   .. '"event_triggered_at":"2024-05-14T09:15:42.000Z",'
   .. '"attempted_auto_retries_count":0}'
 
@@ -66,8 +67,12 @@ local function b64_id(i)
   return table.concat(t)
 end
 
+-- each request a call of its own, as DatoCMS numbers them: the module's
+-- replay guard answers a webhook_call_id it has seen without queueing
 local function body(id)
-  return string.format(template, id)
+  counter = counter + 1
+  local call = string.format("%.0f", (tid or 0) * 1e9 + counter)
+  return string.format(template, id, call)
 end
 
 function setup(thread)
@@ -86,7 +91,7 @@ function init(args)
       else
         id = tostring(43012900 + i)
       end
-      pool[i] = wrk.format("POST", nil, headers, body(id))
+      pool[i] = id
     end
   elseif mode == "fresh" then
     prefix = tonumber(args[2] or "1")
@@ -107,9 +112,9 @@ end
 
 function request()
   if mode == "pool" then
-    return pool[math.random(1, 100)]
+    return wrk.format("POST", nil, headers, body(pool[math.random(1, 100)]))
   end
-  counter = counter + 1
-  local id = string.format("%.0f", prefix * 1e9 + (tid or 0) * 1e8 + counter)
+  local id = string.format("%.0f", prefix * 1e9 + (tid or 0) * 1e8
+                                   + counter + 1)
   return wrk.format("POST", nil, headers, body(id))
 end

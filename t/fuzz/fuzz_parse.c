@@ -116,6 +116,14 @@ check_same(const ngx_http_dato_parse_result_t *fast,
         fail("fast path and jansson differ on the environment");
     }
 
+    if (fast->call_id.len != slow->call_id.len
+        || (fast->call_id.len
+            && memcmp(fast->call_id.data, slow->call_id.data,
+                      fast->call_id.len) != 0))
+    {
+        fail("fast path and jansson differ on the webhook_call_id");
+    }
+
     if (fast->reason != slow->reason
         || strcmp(fast->detail, slow->detail) != 0)
     {

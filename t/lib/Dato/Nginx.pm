@@ -539,7 +539,8 @@ sub valgrind_problems {
 # the error.log lines that give records up
 sub gave_up_lines {
     my ($self) = @_;
-    return grep { /gave up publishing/ } split /\n/, $self->error_log;
+    return grep { /gave up (?:publishing|unpublishing|moving)/ }
+           split /\n/, $self->error_log;
 }
 
 # { id => 1 } for every id named in an "[error] ... gave up publishing ...,
@@ -548,7 +549,7 @@ sub gave_up_ids {
     my ($self) = @_;
     my %g;
     for my $l ($self->gave_up_lines) {
-        next unless $l =~ /\[error\].*gave up publishing/;
+        next unless $l =~ /\[error\].*gave up (?:publishing|unpublishing|moving)/;
         my ($list) = $l =~ /records \(part \d+ of \d+\): (.*)$/ or next;
         $g{$_} = 1 for grep { length } split /[\s,]+/, $list;
     }

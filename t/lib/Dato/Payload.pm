@@ -35,6 +35,11 @@ our @EXPORT_OK = qw(uuid_id ids_of webhook_data webhook hook ids_body
 
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 
+# each webhook a call of its own, as DatoCMS numbers them: the replay
+# guard answers a webhook_call_id it has seen as it was answered before
+my $CALL_ID = 0;
+sub next_call_id { return sprintf '1%05d%06d', $$ % 100000, ++$CALL_ID }
+
 # deterministic RFC 4122 v4 UUID in URL-safe base64 (22 chars) from an integer
 sub uuid_id {
     my ($n) = @_;
@@ -100,7 +105,7 @@ sub webhook_data {
         event_type => $a{event_type} // 'update',
         entity => $entity,
         related_entities => $a{related_entities} // [],
-        webhook_call_id => $a{webhook_call_id} // '103216210',
+        webhook_call_id => $a{webhook_call_id} // next_call_id(),
         event_triggered_at => $ts,
         attempted_auto_retries_count => $a{attempted_auto_retries_count} // 0,
     );
