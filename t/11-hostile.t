@@ -378,6 +378,17 @@ for my $c (@cases) {
     pop @table if $no_row;
 }
 
+# a rejected value longer than the detail shows is cut, whole bytes of it:
+# json_dumpb() into a short buffer once sent stack bytes in the detail
+for my $n (41, 60, 300) {
+    my $long = 'x' x $n;
+    my $r = $t->post_json('/hook', qq({"ids":["$long","43012949"]}));
+    is($r->{status}, 422, "invalid ID of $n characters: 422");
+    my $d = ($r->{json} && $r->{json}{errors}[0]{detail}) // '';
+    like($d, qr/^not DatoCMS record IDs: "x{30,}\.\.\.$/,
+         "invalid ID of $n characters: its start, cut with ...");
+}
+
 # big and deep
 {
     my $big = 'A' x (2 * 1024 * 1024);
