@@ -14,6 +14,10 @@
 #define NGX_HTTP_DATO_NUM_ID_MAX  281474976710655ULL
 
 
+static int ngx_http_dato_valid_name(const char *p, size_t len, size_t max,
+    int word);
+
+
 /* the 200 answers to webhooks that are valid but not for publishing */
 static const char  *ngx_http_dato_ignored_details[] = {
     NULL,
@@ -101,21 +105,7 @@ ngx_http_dato_valid_id(const char *p, size_t len)
 int
 ngx_http_dato_valid_env(const char *p, size_t len)
 {
-    size_t  i;
-
-    if (len == 0 || len > NGX_HTTP_DATO_ENV_MAX_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < len; i++) {
-        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9')
-              || p[i] == '-'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
+    return ngx_http_dato_valid_name(p, len, NGX_HTTP_DATO_ENV_MAX_LEN, 0);
 }
 
 
@@ -128,18 +118,33 @@ ngx_http_dato_valid_env(const char *p, size_t len)
 int
 ngx_http_dato_valid_word(const char *p, size_t len)
 {
+    return ngx_http_dato_valid_name(p, len, NGX_HTTP_DATO_WORD_MAX_LEN, 1);
+}
+
+
+/* lowercase letters, digits and "-"; a word also uppercase ones and "_" */
+
+static int
+ngx_http_dato_valid_name(const char *p, size_t len, size_t max, int word)
+{
     size_t  i;
 
-    if (len == 0 || len > NGX_HTTP_DATO_WORD_MAX_LEN) {
+    if (len == 0 || len > max) {
         return 0;
     }
 
     for (i = 0; i < len; i++) {
-        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z')
-              || (p[i] >= '0' && p[i] <= '9') || p[i] == '-' || p[i] == '_'))
+        if ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9')
+            || p[i] == '-')
         {
-            return 0;
+            continue;
         }
+
+        if (word && ((p[i] >= 'A' && p[i] <= 'Z') || p[i] == '_')) {
+            continue;
+        }
+
+        return 0;
     }
 
     return 1;

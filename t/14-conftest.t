@@ -18,6 +18,8 @@ my $t = DatoTest->new(workers => 1);
 $t->write_file('token', "file-token-abc\n");
 $t->write_file('token.spaces', "file token\n");
 $t->write_file('token.blank', "\n \n");
+$t->write_file('short.key', "whsec_c2hvcnQ=\n");
+$t->write_file('good.key', "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
 
 # Columns, separated by " | ":
 #
@@ -88,6 +90,14 @@ emerg | loc  | dato_webhook_signing_secret s3cr3t;             | here    | inval
 emerg | srv  | dato_webhook_signing_secret whsec_c2hvcnQ=;     | here    | invalid value in "dato_webhook_signing_secret" directive, the secret must decode to 24 to 64 bytes
 ok    | http | dato_webhook_signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw; dato_webhook_signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw; | here | -
 emerg | loc  | dato_webhook_secret_file X-Secret %%TMP%%/missing.key; | here | open() "%%TMP%%/missing.key" failed (2: No such file or directory)
+emerg | loc  | dato_unpublish; dato_publish_events delete;     | here    | invalid value "delete" in "dato_publish_events" directive, a deleted record cannot be unpublished
+emerg | loc  | dato_move_to_stage review; dato_publish_events create delete; | here | invalid value "delete" in "dato_publish_events" directive, a deleted record cannot be moved to a stage
+emerg | loc  | dato_move_to_stage review; dato_publish;        | here    | "dato_publish" directive is a conflict with "dato_move_to_stage"
+emerg | loc  | dato_unpublish; dato_unpublish;                 | here    | "dato_unpublish" directive is duplicate
+emerg | loc  | dato_webhook_signing_secret whsec_!!!!;         | here    | invalid value in "dato_webhook_signing_secret" directive, the secret is not base64 after "whsec_"
+emerg | loc  | dato_webhook_signing_secret_file %%TMP%%/short.key; | here | invalid value in "dato_webhook_signing_secret_file" directive, the secret in "%%TMP%%/short.key" must decode to 24 to 64 bytes
+emerg | loc  | dato_webhook_signing_secret_file %%TMP%%/missing.key; | here | open() "%%TMP%%/missing.key" failed (2: No such file or directory)
+ok    | loc  | dato_webhook_signing_secret_file %%TMP%%/good.key; dato_webhook_secret_file X-Secret %%TMP%%/token; | here | -
 emerg | loc  | dato_environment Staging;                       | here    | invalid value "Staging" in "dato_environment" directive, an environment is 1 to 63 lowercase letters, digits and dashes
 emerg | loc  | dato_api_ca_file %%TMP%%/missing.pem;           | here    | invalid value "%%TMP%%/missing.pem" in "dato_api_ca_file" directive, stat() failed (2: No such file or directory)
 emerg | srv  | dato_api_ca_file %%TMP%%;                       | here    | invalid value "%%TMP%%" in "dato_api_ca_file" directive, it is not a file
@@ -180,6 +190,19 @@ unlike($out, qr/s3cret-token-1f9a/, 'the invalid token is not in the message');
     }
 EOF
 unlike($out, qr/pass-7c2e/, 'user info of dato_api_url is not in the message');
+
+# nor a signing secret, whatever is wrong with it
+($rc, $out) = $t->test_conf(http => <<'EOF');
+    dato_api_url http://127.0.0.1:%%PORT2%%;
+    dato_api_token test-token;
+    dato_webhook_signing_secret whsec_c2VjcmV0LXNpZ25pbmc=;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /hook { dato_publish; }
+    }
+EOF
+isnt($rc, 0, 'a short signing secret fails nginx -t');
+unlike($out, qr/c2VjcmV0LXNpZ25pbmc/, 'the signing secret is not in the message');
 
 $t->done;
 done_testing;

@@ -3,7 +3,8 @@
 # The other bulk actions: dato_unpublish and dato_move_to_stage batch,
 # schedule, split and account for records as dato_publish does, through
 # POST /items/bulk/unpublish and /items/bulk/move-to-stage, and records of
-# different actions (or stages) never share a call.
+# different actions (or stages) never share a call.  Their nginx -t
+# cases (loop guards, conflicts, stages) are in t/14-conftest.t.
 
 use strict;
 use warnings;
@@ -227,47 +228,5 @@ sub wait_calls {
 }
 
 $t->done;
-
-###########################################################################
-# nginx -t: loop guards and mistakes
-
-{
-    my $c = DatoTest->new(workers => 1);
-
-    my @cases = (
-        [ 'dato_unpublish; dato_publish_events unpublish;',
-          'invalid value "unpublish" in "dato_publish_events" directive, it would unpublish in a loop: each unpublish sends an "unpublish" webhook' ],
-        [ 'dato_unpublish; dato_publish_events delete;',
-          'invalid value "delete" in "dato_publish_events" directive, a deleted record cannot be unpublished' ],
-        [ 'dato_publish_events update; dato_move_to_stage review;',
-          'invalid value "update" in "dato_publish_events" directive, it would move records in a loop: each move to a stage sends an "update" webhook' ],
-        [ 'dato_move_to_stage review; dato_publish_events create delete;',
-          'invalid value "delete" in "dato_publish_events" directive, a deleted record cannot be moved to a stage' ],
-        [ 'dato_publish; dato_unpublish;',
-          '"dato_unpublish" directive is a conflict with "dato_publish"' ],
-        [ 'dato_move_to_stage review; dato_publish;',
-          '"dato_publish" directive is a conflict with "dato_move_to_stage"' ],
-        [ 'dato_unpublish; dato_unpublish;',
-          '"dato_unpublish" directive is duplicate' ],
-        [ 'dato_move_to_stage "in review";',
-          'invalid value "in review" in "dato_move_to_stage" directive, a stage is 1 to 64 letters, digits, "_" and "-"' ],
-        [ 'dato_unpublish; dato_publish_status;',
-          '"dato_publish_status" directive is a conflict with "dato_unpublish"' ],
-    );
-
-    for my $case (@cases) {
-        my ($line, $want) = @$case;
-        my ($rc, $out) = $c->test_conf(http => <<"EOF");
-    dato_api_url http://127.0.0.1:%%PORT2%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /hook { $line }
-    }
-EOF
-        isnt($rc, 0, "nginx -t fails: $line");
-        like($out, qr/\[emerg\] \Q$want\E in /, "nginx -t says: $want");
-    }
-}
 
 done_testing;

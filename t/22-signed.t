@@ -6,6 +6,7 @@
 # its timestamp is within 5 minutes of now; anything else is a 401 and
 # queues nothing.  The replay guard answers a webhook-id, or DatoCMS's
 # webhook_call_id, that was answered 2xx as it was, and queues it once.
+# The directives' nginx -t cases are in t/14-conftest.t.
 
 use strict;
 use warnings;
@@ -233,39 +234,5 @@ ok(!grep({ $_ eq ids_of(99999, 1) } map { @{ $_->{ids} } } $t->publishes),
 }
 
 $t->done;
-
-###########################################################################
-# nginx -t: the directive's mistakes, and a build without OpenSSL
-
-{
-    my $c = DatoTest->new(workers => 1);
-    $c->write_file('short.key', "whsec_c2hvcnQ=\n");
-
-    my @cases = (
-        [ 'dato_webhook_signing_secret s3cr3t;',
-          qr/\[emerg\] invalid value in "dato_webhook_signing_secret" directive, the secret does not start with "whsec_"/ ],
-        [ 'dato_webhook_signing_secret whsec_!!!!;',
-          qr/\[emerg\] invalid value in "dato_webhook_signing_secret" directive, the secret is not base64 after "whsec_"/ ],
-        [ 'dato_webhook_signing_secret_file %%TMP%%/short.key;',
-          qr/\[emerg\] invalid value in "dato_webhook_signing_secret_file" directive, the secret in ".*short.key" must decode to 24 to 64 bytes/ ],
-        [ 'dato_webhook_signing_secret_file %%TMP%%/missing.key;',
-          qr/\[emerg\] open\(\) ".*missing.key" failed/ ],
-    );
-
-    for my $case (@cases) {
-        my ($line, $want) = @$case;
-        my ($rc, $out) = $c->test_conf(http => <<"EOF");
-    dato_api_url http://127.0.0.1:%%PORT2%%;
-    dato_api_token test-token;
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /hook { dato_publish; $line }
-    }
-EOF
-        isnt($rc, 0, "nginx -t fails: $line");
-        like($out, $want, "nginx -t says why: $line");
-        unlike($out, qr/c2hvcnQ|s3cr3t/, "nginx -t shows no secret: $line");
-    }
-}
 
 done_testing;
