@@ -63,4 +63,4 @@ cd "$tree"
 } >> "$log" 2>&1 || { tail -20 "$log"; exit 1; }
 
 cp "$out/objs/nginx" "$out/nginx"
-"$out/nginx" -V 2>&1 | head -1
+"$out/nginx" -v
