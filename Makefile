@@ -28,7 +28,7 @@ RUN_PACKAGES  := nginx nginx-dev libcurl4-openssl-dev libjansson-dev \
 TEST_PACKAGES := $(RUN_PACKAGES) prometheus openssl
 SOURCES    := config ngx_http_dato_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps deps-run test test-poll run clean deb test-deb test-src \
+.PHONY: all deps deps-run test test-poll test-nossl run clean deb test-deb test-src \
         valgrind fuzz sanitize bench
 
 all: $(MODULE)
@@ -85,6 +85,14 @@ test-poll: deps
 
 $(POLL_NGINX): t/pollbuild.sh
 	bash t/pollbuild.sh $(NGX_SRC)
+
+# nginx without OpenSSL, the module built in: what a signing secret gets
+# there (t/23-nossl.t); built anew each time, from the poll build's source
+NOSSL_NGINX := $(BUILD)/nossl/nginx
+
+test-nossl: deps $(POLL_NGINX)
+	bash t/nosslbuild.sh
+	TEST_NGINX_NOSSL_BINARY=$(NOSSL_NGINX) prove t/23-nossl.t
 
 run: deps-run
 	$(MAKE) all

@@ -1137,6 +1137,14 @@ ngx_http_dato_signing_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char       *why;
     ngx_str_t  *value, secret, *key;
 
+#if !(NGX_OPENSSL)
+
+    /* the HMAC is OpenSSL's, as nginx links it */
+
+    return "needs nginx built with OpenSSL (--with-http_ssl_module)";
+
+#endif
+
     value = cf->args->elts;
     secret = value[1];
 

@@ -718,7 +718,14 @@ ngx_http_dato_client_done(void *data, void *easy, ngx_int_t rc)
         reason = curl_easy_strerror((CURLcode) rc);
 
         call->result.status = 0;
-        call->result.outcome = (rc == CURLE_ABORTED_BY_CALLBACK)
+        /*
+         * the bridge ends transfers so when the worker exits; curl also
+         * does when its socket callback failed (no free connection), and
+         * then the call is only a failure, retried
+         */
+
+        call->result.outcome = (rc == CURLE_ABORTED_BY_CALLBACK
+                                && (ngx_exiting || ngx_terminate || ngx_quit))
                                ? NGX_HTTP_DATO_CLIENT_ABORTED
                                : NGX_HTTP_DATO_CLIENT_FAILED;
 

@@ -145,4 +145,63 @@ sub until_up {
     $t->done;
 }
 
+###########################################################################
+# 4. each action's records come back to their own action (and stage)
+
+{
+    my $t = spool_harness();
+    my $conf = DatoTest::api_conf(server => <<'EOF',
+        location /hook      { dato_publish;  dato_publish_wait none; }
+        location /takedown  { dato_unpublish; dato_publish_wait none; }
+        location /review    { dato_move_to_stage review;
+                              dato_publish_wait none; }
+        location /translate { dato_move_to_stage translate;
+                              dato_publish_wait none; }
+EOF
+        http => '    dato_spool_file %%TMP%%/spool/dato;'
+                . "\n    dato_job_poll off;");
+    $t->start_mock;
+    $t->run(http => $conf);
+
+    my $up = api_down($t, 3 * $SLOW);
+    my %ids = (hook => [ids_of(3_200_000, 3)], takedown => [ids_of(3_200_100, 3)],
+               review => [ids_of(3_200_200, 3)], translate => [ids_of(3_200_300, 3)]);
+    for my $path (sort keys %ids) {
+        is($t->post_json("/$path", ids_body(@{ $ids{$path} }))->{status}, 202,
+           "actions: /$path answered 202");
+    }
+    $t->stop_fast;
+    is(scalar(spool_files($t, qr/^dato\.\d+\z/)), 1, 'actions: spooled');
+
+    until_up($up);
+    $t->run(http => $conf);
+    my $all = [map { @$_ } values %ids];
+    ok($t->wait_for(sub {
+           my %sent = map { $_ => 1 } map { @{ $_->{ids} } }
+                      grep { $_->{status} == 202 } $t->mock_requests;
+           !grep { !$sent{$_} } @$all;
+       }, 20 * $SLOW, 0.1), 'actions: every record sent after the start');
+
+    # where each record went: the path, and the stage of a move
+    my %went;
+    for my $c (grep { $_->{status} == 202 && $_->{path} =~ m{^/items/bulk/} }
+               $t->mock_requests)
+    {
+        my $d = DatoTest::decode_json($c->{body})->{data};
+        my $where = $c->{path} =~ s{^/items/bulk/}{}r;
+        $where .= ":$d->{attributes}{stage}" if $d->{attributes};
+        $went{$_} = $where for @{ $c->{ids} };
+    }
+    my %want = (hook => 'publish', takedown => 'unpublish',
+                review => 'move-to-stage:review',
+                translate => 'move-to-stage:translate');
+    for my $path (sort keys %ids) {
+        is_deeply([map { $went{$_} // '-' } @{ $ids{$path} }],
+                  [($want{$path}) x 3], "actions: the records of /$path as $want{$path}");
+    }
+    is(scalar($t->gave_up_lines), 0, 'actions: nothing given up');
+
+    $t->done;
+}
+
 done_testing;
