@@ -83,19 +83,21 @@ ngx_http_dato_guard_signature(ngx_http_request_t *r,
     rc = ngx_http_dato_sign_verify(dlcf->signing_keys, &sh, body, ngx_time(),
                                    r->pool);
 
-    if (rc != NGX_HTTP_DATO_SIGN_OK) {
+    if (rc == NGX_HTTP_DATO_SIGN_OK) {
+        return rc;
+    }
 
-        /* the webhook-id is the sender's message ID: it helps find it */
+    /* the webhook-id, checked printable, is the sender's message ID */
 
+    if (rc == NGX_HTTP_DATO_SIGN_MISSING || rc == NGX_HTTP_DATO_SIGN_BAD_ID) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "dato: webhook signature refused: %s%s%V%s",
-                      ngx_http_dato_sign_reason(rc),
-                      rc == NGX_HTTP_DATO_SIGN_BAD_ID || sh.id.len == 0
-                      ? "" : ", webhook-id \"",
-                      rc == NGX_HTTP_DATO_SIGN_BAD_ID ? &sh.signature
-                                                       : &sh.id,
-                      rc == NGX_HTTP_DATO_SIGN_BAD_ID || sh.id.len == 0
-                      ? "" : "\"");
+                      "dato: webhook signature refused: %s",
+                      ngx_http_dato_sign_reason(rc));
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "dato: webhook signature refused: %s, webhook-id \"%V\"",
+                      ngx_http_dato_sign_reason(rc), &sh.id);
     }
 
     return rc;

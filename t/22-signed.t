@@ -118,6 +118,8 @@ ok($t->wait_published(5 * $SLOW, $id), 'valid: published');
 
 ($r, $id) = signed_case('forged', 401, secrets => $OTHER);
 like($r->{body}, qr/"no signature matches"/, 'forged: says why');
+ok($t->wait_for_log(qr/\[error\].*dato: webhook signature refused: no signature matches, webhook-id "msg_[a-z]+"/, 3 * $SLOW),
+   'forged: logged at error, with its webhook-id');
 is($r->{headers}{'content-type'}, 'application/json', 'forged: a JSON error');
 
 ($r, $id) = signed_case('no webhook-signature', 401,

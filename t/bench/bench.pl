@@ -64,6 +64,7 @@
 # ===========================================================================
 
 use strict;
+use feature qw(state);
 use warnings;
 
 use FindBin ();
@@ -528,7 +529,11 @@ sub webhook_body {
         $TEMPLATE = '';
         $TEMPLATE .= $1 while $block =~ /'([^']*)'/g;
     }
-    return $TEMPLATE =~ s/%s/$id/r;
+    # each body a call of its own, as DatoCMS's (webhook.lua does so too)
+    state $call = 0;
+    $call++;
+    my $cid = sprintf('%d%06d', $$, $call);
+    return $TEMPLATE =~ s/%s/$id/r =~ s/%s/$cid/r;
 }
 
 sub fresh_id { my ($prefix, $i) = @_; return sprintf('%d', $prefix * 1_000_000_000 + $i + 1) }
