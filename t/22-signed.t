@@ -56,6 +56,7 @@ my $OTHER = whsec(24);
 
 my $t = DatoTest->new(workers => 2);
 $t->write_file('signing.key', "$S2\n");
+$t->write_file('plain.secret', "s3cr3t-from-a-file\n");
 $t->start_mock;
 
 $t->run(http => <<"EOF");
@@ -74,6 +75,11 @@ $t->run(http => <<"EOF");
 
         location /dato {
             dato_publish;
+        }
+
+        location /file-secret {
+            dato_publish;
+            dato_webhook_secret_file X-Webhook-Secret %%TMP%%/plain.secret;
         }
 
         location /status {
@@ -130,10 +136,10 @@ like($r->{body}, qr/headers are required/, 'no webhook-signature: says why');
 ($r, $id) = signed_case('no webhook-timestamp', 401,
                         drop => ['webhook-timestamp']);
 
-($r, $id) = signed_case('stale', 401, sign => { ts => time - 301 });
+($r, $id) = signed_case('stale', 401, sign => { ts => time - 330 });
 like($r->{body}, qr/more than 5 minutes old/, 'stale: says why');
 
-($r, $id) = signed_case('future', 401, sign => { ts => time + 301 });
+($r, $id) = signed_case('future', 401, sign => { ts => time + 330 });
 like($r->{body}, qr/more than 5 minutes ahead/, 'future: says why');
 
 ($r, $id) = signed_case('4 minutes old', 202, sign => { ts => time - 240 });
@@ -158,6 +164,21 @@ Time::HiRes::sleep(0.3 * $SLOW);
 is(calls(@refused), 0, 'refused calls: nothing queued');
 ok(!grep({ $_ eq ids_of(99999, 1) } map { @{ $_->{ids} } } $t->publishes),
    'altered body: its record was not sent');
+
+###########################################################################
+# dato_webhook_secret_file: the plain header's value, read from a file
+
+{
+    my ($fid) = ids_of(1500, 1);
+    is(post('/file-secret', ids_body($fid),
+            'X-Webhook-Secret' => 's3cr3t-from-a-file')->{status}, 202,
+       'secret file: the right value passes');
+    is(post('/file-secret', ids_body($fid),
+            'X-Webhook-Secret' => 's3cr3t-from-a-filx')->{status}, 401,
+       'secret file: another value is 401');
+    is(post('/file-secret', ids_body($fid))->{status}, 401,
+       'secret file: no header is 401');
+}
 
 ###########################################################################
 # the replay guard: a webhook-id answered 2xx is answered as it was
@@ -219,6 +240,11 @@ ok(!grep({ $_ eq ids_of(99999, 1) } map { @{ $_->{ids} } } $t->publishes),
     my $prom = $t->request(method => 'GET',
                            path => '/status?format=prometheus')->{body} // '';
     my $log = $t->error_log;
+
+    # nginx's own debug lines show request headers as they came: not ours
+    my $ours = join "\n", grep { !/\[debug\]/ } split /\n/, $log;
+    unlike($ours . $page . $prom, qr/s3cr3t-from-a-file/,
+           'the secret file\'s value is in no line of the module');
 
     for my $s ($S1, $S2) {
         (my $b64 = $s) =~ s/^whsec_//;
