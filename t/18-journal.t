@@ -135,4 +135,65 @@ EOF
     $t->done;
 }
 
+###########################################################################
+# the other actions: a dead worker's unpublish and move-to-stage batches
+# are taken over as what they were, and their queued gauges come back to 0
+
+{
+    my $t = DatoTest->with_mock(workers => 1, server => <<'EOF');
+        location /takedown {
+            dato_unpublish;
+            dato_publish_wait none;
+            dato_job_poll off;
+        }
+        location /review {
+            dato_move_to_stage review;
+            dato_publish_wait none;
+            dato_job_poll off;
+        }
+        location /status { dato_publish_status; }
+EOF
+    $t->allow_log(qr/worker process \d+ exited on signal 9/);
+
+    my $up = Time::HiRes::time() + 4 * $SLOW + 0.5;
+    $t->mock_config({ down_ms => 4000 * $SLOW });
+
+    my @u = ids_of(2_300_000, 5);
+    my @m = ids_of(2_300_100, 5);
+    is($t->post_json('/takedown', ids_body(@u))->{status}, 202, 'actions: unpublish 202');
+    is($t->post_json('/review', ids_body(@m))->{status}, 202, 'actions: move 202');
+
+    my @pids = $t->worker_pids;
+    kill 'KILL', @pids;
+    ok($t->wait_for(sub { my @w = $t->worker_pids; @w == 1 && $w[0] != $pids[0] },
+                    10 * $SLOW), 'actions: a new worker');
+    Time::HiRes::sleep($up - Time::HiRes::time()) if $up > Time::HiRes::time();
+
+    my %want = ((map { $_ => 'unpublish' } @u),
+                (map { $_ => 'move-to-stage:review' } @m));
+    my %went;
+    ok($t->wait_for(sub {
+           for my $c (grep { $_->{status} == 202 } $t->mock_requests) {
+               next unless $c->{path} =~ m{^/items/bulk/(.*)$};
+               my $where = $1;
+               my $d = DatoTest::decode_json($c->{body})->{data};
+               $where .= ":$d->{attributes}{stage}" if $d->{attributes};
+               $went{$_} = $where for @{ $c->{ids} };
+           }
+           keys %went == 10;
+       }, 30 * $SLOW, 0.1), 'actions: all 10 records sent after the crash');
+    is_deeply(\%went, \%want, 'actions: each as its own action and stage');
+
+    my $s;
+    ok($t->wait_for(sub {
+           $s = $t->json_request(method => 'GET', path => '/status')->{json};
+           ($s->{actions}{unpublish}{records}{queued} // -1) == 0
+           && ($s->{actions}{'move-to-stage'}{records}{queued} // -1) == 0;
+       }, 5 * $SLOW), 'actions: queued by action back to 0');
+    is($s->{actions}{unpublish}{records}{sent}, 5, 'actions: 5 unpublished');
+    is(scalar($t->gave_up_lines), 0, 'actions: nothing given up');
+
+    $t->done;
+}
+
 done_testing;
