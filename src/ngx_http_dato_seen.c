@@ -25,7 +25,8 @@ typedef struct {
 
 /*
  * One ID: "status" is 0 while the call that claimed it waits for its
- * answer, whose bytes follow the ID's in "data".
+ * answer, whose bytes follow the ID's in "data", in a room of "room"
+ * bytes made with the claim: most answers fit, and are written in place.
  */
 
 typedef struct {
@@ -36,6 +37,7 @@ typedef struct {
     u_short                       status;
     u_short                       id_len;
     u_short                       answer_len;
+    u_short                       room;
     time_t                        added;
     u_char                        data[1];
 } ngx_http_dato_seen_node_t;
@@ -49,7 +51,7 @@ static ngx_http_dato_seen_node_t *ngx_http_dato_seen_find(
 static ngx_http_dato_seen_node_t *ngx_http_dato_seen_add(
     ngx_slab_pool_t *shpool, ngx_http_dato_seen_root_t *root,
     ngx_http_dato_seen_t *seen, ngx_uint_t hash, ngx_str_t *answer,
-    size_t limit);
+    size_t room, size_t limit);
 static void ngx_http_dato_seen_delete(ngx_slab_pool_t *shpool,
     ngx_http_dato_seen_root_t *root, ngx_http_dato_seen_node_t *sn);
 static void ngx_http_dato_seen_insert(ngx_rbtree_node_t *temp,
@@ -105,6 +107,7 @@ ngx_http_dato_seen_claim(ngx_http_dato_seen_t *seen, ngx_pool_t *pool,
 
     if (sn == NULL) {
         sn = ngx_http_dato_seen_add(shpool, root, seen, hash, NULL,
+                                    NGX_HTTP_DATO_SEEN_ROOM,
                                     seen->zone->shm.size / 4);
         seen->claimed = (sn != NULL);
         rc = NGX_DECLINED;
@@ -171,19 +174,30 @@ ngx_http_dato_seen_settle(ngx_http_dato_seen_t *seen, ngx_uint_t status,
         return;
     }
 
-    ngx_http_dato_seen_delete(shpool, root, sn);
+    if (status < 200 || status >= 300) {
+        ngx_http_dato_seen_delete(shpool, root, sn);
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
 
-    if (status >= 200 && status < 300) {
+    if (body->len > NGX_HTTP_DATO_SEEN_ANSWER_MAX) {
+        body = &none;
+    }
 
-        if (body->len > NGX_HTTP_DATO_SEEN_ANSWER_MAX) {
-            body = &none;
-        }
+    if (body->len > sn->room) {
+        ngx_http_dato_seen_delete(shpool, root, sn);
 
-        sn = ngx_http_dato_seen_add(shpool, root, seen, hash, body,
+        sn = ngx_http_dato_seen_add(shpool, root, seen, hash, body, 0,
                                     seen->zone->shm.size / 4);
-        if (sn) {
-            sn->status = (u_short) status;
+    }
+
+    if (sn) {
+        if (body->len) {
+            ngx_memcpy(sn->data + sn->id_len, body->data, body->len);
         }
+
+        sn->answer_len = (u_short) body->len;
+        sn->status = (u_short) status;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -260,14 +274,17 @@ ngx_http_dato_seen_find(ngx_http_dato_seen_root_t *root,
 static ngx_http_dato_seen_node_t *
 ngx_http_dato_seen_add(ngx_slab_pool_t *shpool,
     ngx_http_dato_seen_root_t *root, ngx_http_dato_seen_t *seen,
-    ngx_uint_t hash, ngx_str_t *answer, size_t limit)
+    ngx_uint_t hash, ngx_str_t *answer, size_t room, size_t limit)
 {
     size_t                      size;
     ngx_queue_t                *q;
     ngx_http_dato_seen_node_t  *sn;
 
-    size = offsetof(ngx_http_dato_seen_node_t, data) + seen->id.len
-           + (answer ? answer->len : 0);
+    if (answer && answer->len > room) {
+        room = answer->len;
+    }
+
+    size = offsetof(ngx_http_dato_seen_node_t, data) + seen->id.len + room;
 
     for ( ;; ) {
 
@@ -296,14 +313,11 @@ ngx_http_dato_seen_add(ngx_slab_pool_t *shpool,
     sn->kind = (u_char) seen->kind;
     sn->status = 0;
     sn->id_len = (u_short) seen->id.len;
-    sn->answer_len = (u_short) (answer ? answer->len : 0);
+    sn->answer_len = 0;
+    sn->room = (u_short) room;
     sn->added = ngx_time();
 
     ngx_memcpy(sn->data, seen->id.data, seen->id.len);
-
-    if (answer && answer->len) {
-        ngx_memcpy(sn->data + seen->id.len, answer->data, answer->len);
-    }
 
     ngx_rbtree_insert(&root->rbtree, &sn->node);
     ngx_queue_insert_head(&root->lru, &sn->queue);
@@ -321,7 +335,7 @@ ngx_http_dato_seen_delete(ngx_slab_pool_t *shpool,
 {
     root->count--;
     root->bytes -= offsetof(ngx_http_dato_seen_node_t, data) + sn->id_len
-                   + sn->answer_len;
+                   + sn->room;
 
     ngx_rbtree_delete(&root->rbtree, &sn->node);
     ngx_queue_remove(&sn->queue);

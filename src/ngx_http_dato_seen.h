@@ -26,6 +26,9 @@
 #define NGX_HTTP_DATO_SEEN_MAX         8192
 #define NGX_HTTP_DATO_SEEN_ANSWER_MAX  4096
 
+/* the room a claim makes for its answer: a 202 with a job or two fits */
+#define NGX_HTTP_DATO_SEEN_ROOM        128
+
 /* a claim older than this was made by a worker that died meanwhile */
 #define NGX_HTTP_DATO_SEEN_PENDING     120
 

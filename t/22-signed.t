@@ -57,7 +57,7 @@ my $OTHER = whsec(24);
 my $t = DatoTest->new(workers => 2);
 $t->write_file('signing.key', "$S2\n");
 $t->write_file('plain.secret', "s3cr3t-from-a-file\n");
-$t->start_mock;
+$t->start_mock('--limit', 10000);
 
 $t->run(http => <<"EOF");
     dato_api_url %%MOCK%%;
@@ -75,6 +75,12 @@ $t->run(http => <<"EOF");
 
         location /dato {
             dato_publish;
+        }
+
+        location /one-by-one {
+            dato_publish;
+            dato_batch_size 1;
+            dato_webhook_signing_secret $S1;
         }
 
         location /file-secret {
@@ -202,6 +208,34 @@ ok(!grep({ $_ eq ids_of(99999, 1) } map { @{ $_->{ids} } } $t->publishes),
     is(post('/signed', $b, %h2)->{status}, 202, 'replay: a new id passes');
     ok($t->wait_for(sub { calls($rid) == 2 }, 5 * $SLOW, 0.05),
        'replay: a new id is queued');
+}
+
+###########################################################################
+# answers of every length: one that outgrows its claim's room (3 jobs),
+# and one over the 4 KB kept (150 jobs), answered by its status alone
+
+{
+    my @ids = ids_of(2500, 450);
+    my $b = ids_body(@ids);
+    my %hh = sign_headers($S1, $b);
+    my $first = post('/signed', $b, %hh);
+    is($first->{status}, 202, 'long answer: 202');
+    is(scalar(DatoTest::jobs_of($first)), 3, 'long answer: 3 jobs');
+    my $again = post('/signed', $b, %hh);
+    is($again->{body}, $first->{body}, 'long answer: replayed as it was');
+    is(scalar(calls(@ids)), 3, 'long answer: queued once');
+
+    @ids = ids_of(3500, 150);
+    $b = ids_body(@ids);
+    %hh = sign_headers($S1, $b);
+    $first = post('/one-by-one', $b, %hh);
+    is($first->{status}, 202, 'too long to keep: 202');
+    ok(length($first->{body}) > 4096, 'too long to keep: over 4 KB');
+    $again = post('/one-by-one', $b, %hh);
+    is($again->{status}, 202, 'too long to keep: the same status again');
+    is_deeply($again->{json}, { meta => { status => 'replayed' } },
+              'too long to keep: {"meta":{"status":"replayed"}}');
+    is(scalar(calls(@ids)), 150, 'too long to keep: queued once');
 }
 
 ###########################################################################
