@@ -87,10 +87,15 @@ ngx_http_dato_guard_signature(ngx_http_request_t *r,
         return rc;
     }
 
-    /* the webhook-id, checked printable, is the sender's message ID */
+    /*
+     * as auth_basic: no credentials at all is "info", wrong ones "error";
+     * the webhook-id, checked printable, is the sender's message ID
+     */
 
     if (rc == NGX_HTTP_DATO_SIGN_MISSING || rc == NGX_HTTP_DATO_SIGN_BAD_ID) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        ngx_log_error((rc == NGX_HTTP_DATO_SIGN_MISSING ? NGX_LOG_INFO
+                                                        : NGX_LOG_ERR),
+                      r->connection->log, 0,
                       "dato: webhook signature refused: %s",
                       ngx_http_dato_sign_reason(rc));
 

@@ -137,6 +137,8 @@ is($r->{headers}{'content-type'}, 'application/json', 'forged: a JSON error');
 ($r, $id) = signed_case('no webhook-signature', 401,
                         drop => ['webhook-signature']);
 like($r->{body}, qr/headers are required/, 'no webhook-signature: says why');
+ok($t->wait_for_log(qr/\[info\].*dato: webhook signature refused: webhook-id, webhook-timestamp and webhook-signature headers are required/, 3 * $SLOW),
+   'no webhook-signature: logged at info, as auth_basic does');
 
 ($r, $id) = signed_case('no webhook-id', 401, drop => ['webhook-id']);
 ($r, $id) = signed_case('no webhook-timestamp', 401,
