@@ -104,6 +104,8 @@ static void ngx_http_dato_curl_timer_handler(ngx_event_t *ev);
 static void ngx_http_dato_curl_done(ngx_http_dato_curl_t *bridge);
 static void ngx_http_dato_curl_finish(ngx_http_dato_curl_t *bridge,
     ngx_http_dato_curl_xfer_t *xfer, CURLcode rc);
+static ngx_int_t ngx_http_dato_curl_connection(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock);
 static ngx_http_dato_curl_sock_t *ngx_http_dato_curl_record(
     ngx_http_dato_curl_t *bridge, ngx_socket_t s);
 static ngx_int_t ngx_http_dato_curl_identify(ngx_http_dato_curl_sock_t *sock,
@@ -636,24 +638,13 @@ ngx_http_dato_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
         }
     }
 
-    c = sock->c;
-
-    if (c == NULL) {
-        c = ngx_get_connection(s, bridge->log);
-        if (c == NULL) {
-            return -1;
-        }
-
-        sock->c = c;
-
-        c->data = bridge;
-        c->log = bridge->log;
-        c->read->log = bridge->log;
-        c->write->log = bridge->log;
-        c->read->handler = ngx_http_dato_curl_event_handler;
-        c->write->handler = ngx_http_dato_curl_event_handler;
+    if (sock->c == NULL
+        && ngx_http_dato_curl_connection(bridge, sock) != NGX_OK)
+    {
+        return -1;
     }
 
+    c = sock->c;
     rev = c->read;
     wev = c->write;
 
@@ -725,6 +716,18 @@ ngx_http_dato_curl_open(void *clientp, curlsocktype purpose,
             goto failed;
         }
 
+        /*
+         * the socket's nginx connection is taken now, not when curl first
+         * polls it: without a free one (worker_connections) this call
+         * fails to connect and is retried, where a failed socket callback
+         * would leave curl's multi handle dead for every call
+         */
+
+        if (ngx_http_dato_curl_connection(bridge, sock) != NGX_OK) {
+            ngx_http_dato_curl_release(bridge, sock);
+            goto failed;
+        }
+
         return s;
     }
 
@@ -748,6 +751,32 @@ failed:
     }
 
     return CURL_SOCKET_BAD;
+}
+
+
+/* the nginx connection through which the event loop watches a socket */
+
+static ngx_int_t
+ngx_http_dato_curl_connection(ngx_http_dato_curl_t *bridge,
+    ngx_http_dato_curl_sock_t *sock)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_get_connection(sock->fd, bridge->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    sock->c = c;
+
+    c->data = bridge;
+    c->log = bridge->log;
+    c->read->log = bridge->log;
+    c->write->log = bridge->log;
+    c->read->handler = ngx_http_dato_curl_event_handler;
+    c->write->handler = ngx_http_dato_curl_event_handler;
+
+    return NGX_OK;
 }
 
 

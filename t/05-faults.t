@@ -287,4 +287,38 @@ reset_ok('one reset', (ids_of(300, 1))[0], { rst => JSON::PP::true });
 }
 
 $t->done;
+
+###########################################################################
+# no free connection for a call (worker_connections): the call fails to
+# connect and is retried; curl's multi handle goes on for later calls
+
+{
+    # the listening socket, the master's channel, the exit watcher and the
+    # webhook take the 4: the call has none while the webhook waits
+    my $w = DatoTest->new(workers => 1);
+    $w->start_mock;
+    $w->run(worker_connections => 4, http => DatoTest::api_conf(server => <<'EOF'));
+        location /hook {
+            dato_publish;
+            dato_publish_timeout 1s;
+            dato_job_poll off;
+        }
+EOF
+    $w->allow_log(qr/worker_connections are not enough/);
+
+    my ($id) = ids_of(950_000, 1);
+    my $r = $w->json_request(method => 'POST', path => '/hook',
+                             body => DatoTest::ids_body($id),
+                             headers => DatoTest::json_headers('Connection' => 'close'),
+                             timeout => 10);
+    is($r->{status}, 202, 'no connection: the webhook answered 202 (queued)');
+    ok($w->wait_published(10, $id), 'no connection: published once one is free');
+    $w->log_like(qr/\[warn\].*bulk publish of 1 record failed \(0 Couldn't connect/,
+                 'no connection: the call failed to connect, and was retried');
+    is(scalar($w->gave_up_lines), 0, 'no connection: nothing given up');
+    $w->log_unlike(qr/curl_multi_socket_action\(\) failed/,
+                   'no connection: curl\'s multi handle did not fail');
+    $w->done;
+}
+
 done_testing;

@@ -201,6 +201,7 @@ sub write_conf {
         my $load = $self->{no_module} ? '' : "load_module $self->{module};\n";
         my $master = $self->{master} ? 'on' : 'off';
         my $workers = $a{workers} // $self->{workers};
+        my $conns = $a{worker_connections} // 1024;
 
         # TEST_NGINX_EVENTS=poll|select: the module on nginx's other event
         # methods (epoll is the default on Linux)
@@ -217,7 +218,7 @@ error_log $elog $level;
 $main
 
 events {
-    worker_connections 1024;
+    worker_connections $conns;
 ${use}$events
 }
 
