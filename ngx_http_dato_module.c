@@ -753,7 +753,6 @@ ngx_http_dato_target_rate(ngx_http_dato_main_conf_t *dmcf,
 
     target->key = key;
     target->action = conf->action;
-    target->stage = conf->stage;
 
     if (conf->action != NGX_HTTP_DATO_PUBLISH) {
         target->key ^= ngx_crc32_long(

@@ -974,8 +974,9 @@ ngx_http_dato_batch_give_up(ngx_http_dato_batch_t *batch, ngx_uint_t status,
     p = ngx_slprintf(line, last, "dato: gave up %s %ui record%s", a->verb,
                      batch->nids, ngx_http_dato_plural(batch->nids));
 
-    if (batch->target->stage.len) {
-        p = ngx_slprintf(p, last, " to stage \"%V\"", &batch->target->stage);
+    if (batch->target->client.stage.len) {
+        p = ngx_slprintf(p, last, " to stage \"%V\"",
+                         &batch->target->client.stage);
     }
 
     p = ngx_slprintf(p, last, " after %ui attempt%s (%s; status %ui, code %V",
@@ -1335,9 +1336,9 @@ ngx_http_dato_batch_where(ngx_http_dato_batch_t *batch, ngx_uint_t net,
         p = ngx_slprintf(p, last, ", action \"%V\"",
                          &ngx_http_dato_actions[batch->target->action].name);
 
-        if (batch->target->stage.len) {
+        if (batch->target->client.stage.len) {
             p = ngx_slprintf(p, last, ", stage \"%V\"",
-                             &batch->target->stage);
+                             &batch->target->client.stage);
         }
     }
 

@@ -51,9 +51,8 @@ typedef struct ngx_http_dato_target_s {
      */
     uint32_t                      key;
 
-    /* ngx_http_dato_action_e, and the stage of dato_move_to_stage */
+    /* ngx_http_dato_action_e; its stage is the client's (client.stage) */
     ngx_uint_t                    action;
-    ngx_str_t                     stage;
 
     ngx_http_dato_client_conf_t   client;
     ngx_http_dato_rate_t          rate;

@@ -55,9 +55,11 @@ ngx_http_dato_guard_secret(ngx_http_request_t *r,
 }
 
 
+/* *id: the call's webhook-id, once the signature holds */
+
 ngx_http_dato_sign_rc_e
 ngx_http_dato_guard_signature(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *body)
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *body, ngx_str_t *id)
 {
     ngx_table_elt_t               *h;
     ngx_http_dato_sign_rc_e        rc;
@@ -84,6 +86,7 @@ ngx_http_dato_guard_signature(ngx_http_request_t *r,
                                    r->pool);
 
     if (rc == NGX_HTTP_DATO_SIGN_OK) {
+        *id = sh.id;
         return rc;
     }
 
@@ -117,13 +120,17 @@ ngx_http_dato_guard_signature(ngx_http_request_t *r,
 
 ngx_int_t
 ngx_http_dato_guard_replay(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf, ngx_http_dato_parse_result_t *res,
-    ngx_http_dato_seen_answer_t *answer)
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *signed_id,
+    ngx_http_dato_parse_result_t *res, ngx_http_dato_seen_answer_t *answer)
 {
+    u_char                *id;
     ngx_int_t              rc;
-    ngx_table_elt_t       *h;
     ngx_pool_cleanup_t    *cln;
     ngx_http_dato_seen_t  *seen;
+
+    if (signed_id->len == 0 && res->call_id.len == 0) {
+        return NGX_DECLINED;
+    }
 
     seen = ngx_pcalloc(r->pool, sizeof(ngx_http_dato_seen_t));
     if (seen == NULL) {
@@ -133,29 +140,18 @@ ngx_http_dato_guard_replay(ngx_http_request_t *r,
     seen->zone = dlcf->target->rate.zone;
     seen->scope = dlcf->target->key;
 
-    /* a signed call: its webhook-id passed the signature check */
+    /* a signed call's webhook-id passed the signature check */
 
-    h = dlcf->signing_keys
-        ? ngx_http_dato_guard_header(r, (u_char *) "webhook-id", 10) : NULL;
-
-    if (h) {
+    if (signed_id->len) {
         seen->kind = NGX_HTTP_DATO_SEEN_WEBHOOK_ID;
-        seen->id = h->value;
+        seen->id = *signed_id;
         seen->ttl = NGX_HTTP_DATO_GUARD_ID_TTL;
 
-    } else if (res->call_id.len) {
+    } else {
         seen->kind = NGX_HTTP_DATO_SEEN_CALL_ID;
         seen->id.data = (u_char *) res->call_id.data;
         seen->id.len = res->call_id.len;
         seen->ttl = 0;
-
-    } else {
-        return NGX_DECLINED;
-    }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
     }
 
     rc = ngx_http_dato_seen_claim(seen, r->pool, answer);
@@ -164,12 +160,15 @@ ngx_http_dato_guard_replay(ngx_http_request_t *r,
 
         /* the ID outlives the request body it points into */
 
-        seen->id.data = ngx_pstrdup(r->pool, &seen->id);
-        if (seen->id.data == NULL) {
+        id = ngx_pstrdup(r->pool, &seen->id);
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+
+        if (id == NULL || cln == NULL) {
             ngx_http_dato_seen_settle(seen, 0, NULL);
             return NGX_ERROR;
         }
 
+        seen->id.data = id;
         cln->handler = ngx_http_dato_guard_unclaim;
         cln->data = seen;
     }

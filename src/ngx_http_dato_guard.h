@@ -32,10 +32,10 @@
 ngx_int_t ngx_http_dato_guard_secret(ngx_http_request_t *r,
     ngx_http_dato_loc_conf_t *dlcf);
 ngx_http_dato_sign_rc_e ngx_http_dato_guard_signature(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *body);
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *body, ngx_str_t *id);
 ngx_int_t ngx_http_dato_guard_replay(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf, ngx_http_dato_parse_result_t *res,
-    ngx_http_dato_seen_answer_t *answer);
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *signed_id,
+    ngx_http_dato_parse_result_t *res, ngx_http_dato_seen_answer_t *answer);
 void ngx_http_dato_guard_settle(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t *b);
 

@@ -40,7 +40,8 @@ static ngx_int_t ngx_http_dato_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_dato_json_type(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dato_replay(ngx_http_request_t *r,
-    ngx_http_dato_loc_conf_t *dlcf, ngx_http_dato_parse_result_t *res);
+    ngx_http_dato_loc_conf_t *dlcf, ngx_str_t *signed_id,
+    ngx_http_dato_parse_result_t *res);
 static ngx_int_t ngx_http_dato_send_buf(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 static ngx_int_t ngx_http_dato_variable_action(ngx_http_request_t *r,
@@ -159,7 +160,7 @@ static void
 ngx_http_dato_body_handler(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
-    ngx_str_t                      body;
+    ngx_str_t                      body, signed_id;
     ngx_uint_t                     stat;
     ngx_http_dato_sign_rc_e        sign;
     ngx_http_dato_loc_conf_t      *dlcf;
@@ -172,8 +173,10 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
         return;
     }
 
+    ngx_str_null(&signed_id);
+
     if (dlcf->signing_keys) {
-        sign = ngx_http_dato_guard_signature(r, dlcf, &body);
+        sign = ngx_http_dato_guard_signature(r, dlcf, &body, &signed_id);
 
         if (sign != NGX_HTTP_DATO_SIGN_OK) {
             ngx_http_finalize_request(r,
@@ -191,7 +194,7 @@ ngx_http_dato_body_handler(ngx_http_request_t *r)
     switch (res.status) {
 
     case NGX_HTTP_DATO_PARSE_PUBLISH:
-        rc = ngx_http_dato_replay(r, dlcf, &res);
+        rc = ngx_http_dato_replay(r, dlcf, &signed_id, &res);
 
         if (rc == NGX_DECLINED) {
             rc = ngx_http_dato_queue_webhook(r, &res);
@@ -818,13 +821,13 @@ ngx_http_dato_send_buf(ngx_http_request_t *r, ngx_uint_t status,
 
 static ngx_int_t
 ngx_http_dato_replay(ngx_http_request_t *r, ngx_http_dato_loc_conf_t *dlcf,
-    ngx_http_dato_parse_result_t *res)
+    ngx_str_t *signed_id, ngx_http_dato_parse_result_t *res)
 {
     ngx_int_t                     rc;
     ngx_buf_t                    *b;
     ngx_http_dato_seen_answer_t   answer;
 
-    rc = ngx_http_dato_guard_replay(r, dlcf, res, &answer);
+    rc = ngx_http_dato_guard_replay(r, dlcf, signed_id, res, &answer);
 
     if (rc == NGX_DECLINED) {
         return NGX_DECLINED;

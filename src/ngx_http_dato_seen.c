@@ -86,6 +86,7 @@ ngx_http_dato_seen_claim(ngx_http_dato_seen_t *seen, ngx_pool_t *pool,
     }
 
     hash = ngx_http_dato_seen_hash(seen);
+    seen->hash = hash;
     now = ngx_time();
 
     root = ngx_http_dato_seen_root(seen, &shpool);
@@ -157,7 +158,7 @@ ngx_http_dato_seen_settle(ngx_http_dato_seen_t *seen, ngx_uint_t status,
     }
 
     seen->claimed = 0;
-    hash = ngx_http_dato_seen_hash(seen);
+    hash = seen->hash;
 
     root = ngx_http_dato_seen_root(seen, &shpool);
 

@@ -52,6 +52,9 @@ typedef struct {
     /* how long an accepted ID is remembered, in seconds; 0: until evicted */
     time_t                        ttl;
 
+    /* set by ngx_http_dato_seen_claim() */
+    ngx_uint_t                    hash;
+
     /* set by ngx_http_dato_seen_claim(): this call holds the ID's claim */
     unsigned                      claimed:1;
 } ngx_http_dato_seen_t;
